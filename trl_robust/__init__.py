@@ -1,0 +1,21 @@
+"""trl-robust: reward-robust RLHF (arXiv 2409.15360) for Hugging Face TRL."""
+
+from .brme_reward_config import BRMERewardConfig
+from .brme_reward_trainer import BRMERewardTrainer
+from .configuration_brme import BRMEConfig
+from .data import load_hh_rlhf_harmless
+from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
+
+__version__ = "0.1.0"
+
+register_auto_classes()
+
+__all__ = [
+    "BRMEConfig",
+    "BRMEOutput",
+    "BRMERewardConfig",
+    "BRMERewardModel",
+    "BRMERewardTrainer",
+    "__version__",
+    "load_hh_rlhf_harmless",
+]

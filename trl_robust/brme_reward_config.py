@@ -1,0 +1,89 @@
+"""Configuration of the BRMERewardTrainer."""
+
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+from .config_utils import resolve_bf16
+
+BRME_LOSSES = ("gaussian_bt", "reparam", "bt")
+BOOTSTRAPS = ("bayesian", "poisson", "none")
+
+
+@dataclass
+class BRMERewardConfig(RewardConfig):
+    r"""
+    Configuration for [`BRMERewardTrainer`]: every field of TRL's [`~trl.RewardConfig`] plus the ensemble's.
+
+    Parameters:
+        num_heads (`int`, defaults to 5): Number of Gaussian heads K when the trainer builds a new BRME.
+        robust_lambda (`float`, defaults to 0.4): Weight of the nominal reward in the robust reward of a new BRME.
+        std_floor (`float`, defaults to 1e-3): Lower bound of every predicted std of a new BRME.
+        init_std (`float`, defaults to 1.0): Std every head of a new BRME predicts at initialisation.
+        brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"` or `"bt"`.
+        num_reparam_samples (`int`, defaults to 8): Monte-Carlo samples per pair for `"reparam"`.
+        bootstrap (`str`, defaults to `"bayesian"`): Per-head example weights: `"bayesian"`, `"poisson"`, `"none"`.
+        calibration_bins (`int`, defaults to 10): Bins of the expected calibration error metric.
+    """
+
+    num_heads: int = field(
+        default=5,
+        metadata={"help": "Number of Gaussian reward heads K, used when the trainer builds a new BRME."},
+    )
+    robust_lambda: float = field(
+        default=0.4,
+        metadata={
+            "help": "Weight of the nominal reward (mean of the most confident head) in the robust reward "
+            "lambda * nominal + (1 - lambda) * worst, used when the trainer builds a new BRME."
+        },
+    )
+    std_floor: float = field(
+        default=1e-3,
+        metadata={"help": "Lower bound added to every predicted standard deviation of a new BRME."},
+    )
+    init_std: float = field(
+        default=1.0,
+        metadata={"help": "Standard deviation every head of a new BRME predicts at initialisation."},
+    )
+    brme_loss: str = field(
+        default="gaussian_bt",
+        metadata={
+            "help": "Per-head training loss. 'gaussian_bt': Bradley-Terry likelihood marginalised over the Gaussian "
+            "noise (probit approximation); 'reparam': Monte-Carlo reparameterised samples through Bradley-Terry; "
+            "'bt': Bradley-Terry on the means only (the stds get no signal).",
+            "choices": list(BRME_LOSSES),
+        },
+    )
+    num_reparam_samples: int = field(
+        default=8,
+        metadata={"help": "Monte-Carlo samples per pair and head for brme_loss='reparam'."},
+    )
+    bootstrap: str = field(
+        default="bayesian",
+        metadata={
+            "help": "Per-example, per-head loss weights that make the heads differ, drawn deterministically from the "
+            "pair's tokens and the seed. 'bayesian': Exponential(1) (Bayesian bootstrap); 'poisson': Poisson(1) "
+            "(online bagging, a head skips ~37% of pairs); 'none': every head sees every pair with weight 1.",
+            "choices": list(BOOTSTRAPS),
+        },
+    )
+    calibration_bins: int = field(
+        default=10,
+        metadata={"help": "Number of equal-width confidence bins of the expected calibration error (ece) metric."},
+    )
+
+    def __post_init__(self):
+        self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
+        super().__post_init__()
+        if self.brme_loss not in BRME_LOSSES:
+            raise ValueError(f"BRMERewardConfig.brme_loss must be one of {BRME_LOSSES}, got {self.brme_loss!r}.")
+        if self.bootstrap not in BOOTSTRAPS:
+            raise ValueError(f"BRMERewardConfig.bootstrap must be one of {BOOTSTRAPS}, got {self.bootstrap!r}.")
+        if self.num_heads < 1:
+            raise ValueError(f"BRMERewardConfig.num_heads must be >= 1, got {self.num_heads!r}.")
+        if not 0.0 <= self.robust_lambda <= 1.0:
+            raise ValueError(f"BRMERewardConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        if self.num_reparam_samples < 1:
+            raise ValueError(f"BRMERewardConfig.num_reparam_samples must be >= 1, got {self.num_reparam_samples!r}.")
+        if self.calibration_bins < 1:
+            raise ValueError(f"BRMERewardConfig.calibration_bins must be >= 1, got {self.calibration_bins!r}.")

@@ -1,0 +1,321 @@
+"""BRMERewardTrainer: TRL's RewardTrainer for a Bayesian Reward Model Ensemble."""
+
+import hashlib
+import math
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import AutoConfig
+from trl import RewardTrainer
+from trl.trainer.utils import global_then_local_main_first
+
+from .brme_reward_config import BRMERewardConfig
+from .configuration_brme import BRMEConfig
+from .modeling_brme import BRMERewardModel
+from .tokenization import tokenize_for_reward
+
+PROBIT_SCALE = math.pi / 8.0  # E[sigmoid(z)] ~ sigmoid(m / sqrt(1 + pi/8 * v)) for z ~ N(m, v) (MacKay 1992)
+
+
+def pair_probability(diff: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """P(chosen > rejected) under each head: E[sigmoid(z)], z ~ N(diff, var), in closed (probit) form."""
+    return torch.sigmoid(diff / torch.sqrt(1.0 + PROBIT_SCALE * var))
+
+
+def brme_pair_losses(
+    means_c: torch.Tensor,
+    stds_c: torch.Tensor,
+    means_r: torch.Tensor,
+    stds_r: torch.Tensor,
+    loss_type: str = "gaussian_bt",
+    margin: torch.Tensor | None = None,
+    num_samples: int = 8,
+) -> torch.Tensor:
+    """
+    Negative log-likelihood of "chosen beats rejected" for every pair and head, shape `[B, K]`.
+
+    - `gaussian_bt`: -log E[sigmoid(z)], z ~ N(mu_c - mu_r, s_c^2 + s_r^2), probit form; plain BT as s -> 0.
+    - `reparam`: mean over samples of -log sigmoid((mu_c + s_c e_1) - (mu_r + s_r e_2)), e ~ N(0, 1).
+    - `bt`: -log sigmoid(mu_c - mu_r); the stds receive no gradient.
+    A margin (TRL's `margin` column) is subtracted from the difference, as in TRL.
+    """
+    diff = means_c - means_r
+    if margin is not None:
+        diff = diff - margin.to(diff.dtype).unsqueeze(-1)
+    if loss_type == "bt":
+        return F.softplus(-diff)
+    if loss_type == "gaussian_bt":
+        var = stds_c.pow(2) + stds_r.pow(2)
+        return F.softplus(-diff / torch.sqrt(1.0 + PROBIT_SCALE * var))
+    if loss_type == "reparam":
+        eps = torch.randn((num_samples, 2, *diff.shape), device=diff.device, dtype=diff.dtype)
+        z = diff + stds_c * eps[:, 0] - stds_r * eps[:, 1]
+        return F.softplus(-z).mean(dim=0)
+    raise ValueError(f"Unknown BRME loss {loss_type!r}; expected 'gaussian_bt', 'reparam' or 'bt'.")
+
+
+def bootstrap_weights(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, num_heads: int, seed: int, kind: str
+) -> torch.Tensor:
+    """
+    Per-pair, per-head loss weights `[B, K]` drawn from the pair's own tokens and the seed, so a pair gets the same
+    weights in every epoch, on every process and after a resume. `input_ids` holds the B chosen rows, then the B
+    rejected rows, as TRL's preference collator builds them.
+    """
+    batch = input_ids.shape[0] // 2
+    if kind == "none":
+        return torch.ones(batch, num_heads, device=input_ids.device)
+    ids = input_ids.detach().cpu().numpy()
+    mask = attention_mask.detach().cpu().numpy().astype(bool)
+    weights = np.empty((batch, num_heads), dtype=np.float32)
+    for i in range(batch):
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(ids[i][mask[i]].tobytes())
+        digest.update(b"|")
+        digest.update(ids[batch + i][mask[batch + i]].tobytes())
+        rng = np.random.default_rng([int.from_bytes(digest.digest(), "little"), seed])
+        weights[i] = rng.exponential(1.0, num_heads) if kind == "bayesian" else rng.poisson(1.0, num_heads)
+    return torch.from_numpy(weights).to(input_ids.device)
+
+
+def expected_calibration_error(prob_chosen: torch.Tensor, num_bins: int = 10) -> float:
+    """
+    ECE of binary preference predictions: each pair's predicted label is the likelier side, its confidence
+    `max(p, 1 - p)`, and it is correct when `p > 0.5` (the chosen side is the true winner). Equal-width bins on
+    [0.5, 1]; ECE = sum_b (n_b / N) * |accuracy_b - confidence_b|.
+    """
+    p = prob_chosen.detach().double().flatten()
+    if p.numel() == 0:
+        return float("nan")
+    confidence = torch.maximum(p, 1.0 - p)
+    correct = (p > 0.5).double()
+    bins = ((confidence - 0.5) * 2.0 * num_bins).long().clamp(0, num_bins - 1)
+    ece = 0.0
+    for b in range(num_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.double().mean().item() * abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item())
+    return ece
+
+
+class BRMERewardTrainer(RewardTrainer):
+    """
+    TRL's [`~trl.RewardTrainer`] for a [`BRMERewardModel`]: the same constructor, data formats and options, training K
+    Gaussian heads on one backbone with a per-head loss (`args.brme_loss`) and per-head bootstrap weights.
+
+    `model` may be a string naming a plain checkpoint (a new BRME is built on it with `args.num_heads` heads), a string
+    naming a BRME checkpoint (loaded), a `BRMERewardModel`, or a `PeftModel` around one; `peft_config` works as in TRL.
+
+    Example:
+
+    ```python
+    from trl_robust import BRMERewardConfig, BRMERewardTrainer, load_hh_rlhf_harmless
+
+    data = load_hh_rlhf_harmless()
+    trainer = BRMERewardTrainer(
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        args=BRMERewardConfig(output_dir="brme", num_heads=5),
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+    )
+    trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "reward-trainer", "trl-robust", "brme"]
+    _name = "BRME Reward"
+
+    def __init__(self, model, args: BRMERewardConfig | None = None, *pos_args, peft_config=None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path or "model"
+            args = BRMERewardConfig(f"{str(name).rstrip('/').split('/')[-1]}-BRME")
+        elif not isinstance(args, BRMERewardConfig):
+            raise TypeError(
+                f"BRMERewardTrainer needs a BRMERewardConfig, got {type(args).__name__}; build one with the same "
+                "fields: BRMERewardConfig(**your_config.to_dict()) keeps every RewardConfig setting."
+            )
+        if isinstance(model, str):
+            model = self._build_model(model, args)
+        else:
+            inner = model.get_base_model() if is_peft_model(model) else model
+            if not isinstance(inner, BRMERewardModel):
+                raise TypeError(
+                    f"BRMERewardTrainer trains a BRMERewardModel, got {type(inner).__name__}. Pass a checkpoint path "
+                    "or name (a BRME is built on it), or BRMERewardModel.from_backbone(path, num_heads=...)."
+                )
+        if peft_config is not None and getattr(peft_config, "target_modules", "unset") is None:
+            peft_config.target_modules = self._default_lora_targets(model)
+        super().__init__(model, args, *pos_args, peft_config=peft_config, **kwargs)
+        self._brme = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(self._brme):
+            self._brme = self._brme.get_base_model()
+        self._calibration = {"train": [], "eval": []}
+        self._dropped = defaultdict(int)
+
+    @staticmethod
+    def _build_model(name_or_path: str, args: BRMERewardConfig) -> BRMERewardModel:
+        """A string loads a BRME checkpoint as it is, or builds a new BRME on any other checkpoint."""
+        init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        dtype = init_kwargs.get("dtype", "float32")
+        if isinstance(dtype, str) and dtype != "auto":
+            init_kwargs["dtype"] = getattr(torch, dtype)
+        if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+            init_kwargs["device_map"] = None
+        # TRL would warn that these kwargs are ignored for an instance; they were used here.
+        args.model_init_kwargs = None
+        config = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=init_kwargs["trust_remote_code"], revision=init_kwargs.get("revision")
+        )
+        if isinstance(config, BRMEConfig):
+            return BRMERewardModel.from_pretrained(name_or_path, **init_kwargs)
+        return BRMERewardModel.from_backbone(
+            name_or_path,
+            num_heads=args.num_heads,
+            robust_lambda=args.robust_lambda,
+            std_floor=args.std_floor,
+            init_std=args.init_std,
+            **init_kwargs,
+        )
+
+    @staticmethod
+    def _default_lora_targets(model) -> list[str] | str:
+        """PEFT does not know the `brme` model type; use the defaults of the backbone architecture."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        backbone_type = model.config.text_config.model_type
+        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(backbone_type)
+        if targets is None:
+            raise ValueError(
+                f"PEFT has no default LoRA target modules for backbone type {backbone_type!r}; set "
+                "`target_modules` in your LoraConfig."
+            )
+        return list(targets)
+
+    def _prepare_dataset(self, dataset: Dataset | IterableDataset, processing_class, args, dataset_name: str):
+        # Own tokenisation (not TRL's) so that scoring later uses exactly the same text, and encoders without an
+        # EOS token work.
+        columns = dataset.column_names or list(next(iter(dataset)).keys())
+        if "chosen_input_ids" in columns and "chosen_ids" not in columns:
+            dataset = dataset.rename_columns({"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
+            columns = dataset.column_names
+        is_tokenized = "chosen_ids" in columns and "rejected_ids" in columns
+        if not is_tokenized and not {"chosen", "rejected"} <= set(columns):
+            raise ValueError(
+                f"The {dataset_name} dataset needs 'chosen' and 'rejected' columns (optionally 'prompt'), or "
+                f"tokenized 'chosen_ids' and 'rejected_ids'; it has {sorted(columns)}."
+            )
+        map_kwargs = {}
+        if isinstance(dataset, Dataset):
+            map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} dataset"}
+
+        def tokenize(example):
+            common = dict(
+                prompt=example.get("prompt"),
+                tools=example.get("tools"),
+                chat_template_kwargs=example.get("chat_template_kwargs"),
+            )
+            return {
+                "chosen_ids": tokenize_for_reward(processing_class, example["chosen"], **common),
+                "rejected_ids": tokenize_for_reward(processing_class, example["rejected"], **common),
+            }
+
+        with global_then_local_main_first():
+            if not is_tokenized:
+                dataset = dataset.map(tokenize, **map_kwargs)
+            if args.max_length is not None:
+                before = len(dataset) if isinstance(dataset, Dataset) else None
+                if isinstance(dataset, Dataset):
+                    map_kwargs["desc"] = f"Filtering {dataset_name} >{args.max_length} tokens"
+                dataset = dataset.filter(
+                    lambda ex: len(ex["chosen_ids"]) <= args.max_length and len(ex["rejected_ids"]) <= args.max_length,
+                    **map_kwargs,
+                )
+                if before is not None and len(dataset) < before:
+                    warnings.warn(
+                        f"Dropped {before - len(dataset)} of {before} pairs of the {dataset_name} dataset longer than "
+                        f"max_length={args.max_length} tokens; raise max_length to keep them.",
+                        stacklevel=2,
+                    )
+                    if len(dataset) == 0:
+                        raise ValueError(
+                            f"Every pair of the {dataset_name} dataset is longer than max_length={args.max_length}."
+                        )
+        return dataset
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        margin = inputs.pop("margin", None)
+        inputs["use_cache"] = False
+        outputs = model(**inputs)
+
+        means_c, means_r = outputs.means.chunk(2)
+        stds_c, stds_r = outputs.stds.chunk(2)
+        pair_losses = brme_pair_losses(
+            means_c, stds_c, means_r, stds_r, self.args.brme_loss, margin, self.args.num_reparam_samples
+        )
+        if mode == "train":
+            weights = bootstrap_weights(
+                inputs["input_ids"], inputs["attention_mask"], pair_losses.shape[1], self.args.seed, self.args.bootstrap
+            )
+            pair_losses = pair_losses * weights
+        loss = pair_losses.mean()  # mean over heads keeps the scale of one Bradley-Terry loss
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * (means_c + means_r).pow(2).mean()
+
+        self._log_step_metrics(mode, inputs, outputs, margin)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _log_step_metrics(self, mode, inputs, outputs, margin):
+        gather = self.accelerator.gather_for_metrics
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+        robust = outputs.logits.squeeze(-1).float()
+        all_rewards = gather(robust)
+        self._metrics[mode]["min_reward"].append(all_rewards.min().item())
+        self._metrics[mode]["mean_reward"].append(all_rewards.mean().item())
+        self._metrics[mode]["max_reward"].append(all_rewards.max().item())
+
+        robust_c, robust_r = robust.chunk(2)
+        means_c, means_r = outputs.means.chunk(2)
+        stds_c, stds_r = outputs.stds.chunk(2)
+        nominal_c, nominal_r = outputs.nominal.chunk(2)
+        worst_c, worst_r = outputs.worst.chunk(2)
+        per_pair = {
+            "accuracy": (robust_c > robust_r).float(),
+            "margin": robust_c - robust_r,
+            "accuracy_nominal": (nominal_c > nominal_r).float(),
+            "accuracy_worst": (worst_c > worst_r).float(),
+            "accuracy_mean": (means_c.mean(-1) > means_r.mean(-1)).float(),
+            "mean_std": outputs.stds.mean(-1).view(2, -1).mean(0),
+            "head_disagreement": outputs.means.std(-1, unbiased=False).view(2, -1).mean(0),
+        }
+        head_correct = (means_c > means_r).float()
+        for k in range(head_correct.shape[1]):
+            per_pair[f"accuracy_head_{k}"] = head_correct[:, k]
+        names = list(per_pair)
+        stacked = gather(torch.stack([per_pair[n] for n in names], dim=-1))
+        for name, value in zip(names, stacked.mean(0).tolist()):
+            self._metrics[mode][name].append(value)
+
+        # The ensemble's predictive P(chosen > rejected): the average of the heads' probabilities.
+        diff, var = means_c - means_r, stds_c.pow(2) + stds_r.pow(2)
+        if self.args.brme_loss == "bt":
+            var = torch.zeros_like(var)
+        self._calibration[mode].append(gather(pair_probability(diff, var).mean(-1)).cpu())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if self._calibration[mode]:
+            probs = torch.cat(self._calibration[mode])
+            self._metrics[mode]["ece"] = [expected_calibration_error(probs, self.args.calibration_bins)]
+            self._calibration[mode].clear()
+        super().log(logs, start_time)

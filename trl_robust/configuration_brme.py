@@ -1,0 +1,79 @@
+"""Configuration of the Bayesian Reward Model Ensemble (BRME)."""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+POOLINGS = ("last", "first")
+
+
+@strict
+class BRMEConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`BRMERewardModel`]: a transformers backbone (`text_config`) and `num_heads` Gaussian reward
+    heads, each predicting a mean and a standard deviation for every sequence.
+
+    `num_labels` stays 1 because the model's `logits` carry one scalar, the robust reward
+    `robust_lambda * nominal + (1 - robust_lambda) * worst`; TRL's `RewardTrainer`, `GRPOTrainer` and `RLOOTrainer`
+    read that column.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`):
+            Configuration of the backbone (any decoder such as Llama or Qwen2, or an encoder such as BERT).
+        num_heads (`int`, defaults to 5):
+            Number of Gaussian heads K.
+        robust_lambda (`float`, defaults to 0.4):
+            Weight of the nominal reward (mean of the most confident head); `1 - robust_lambda` goes to the worst
+            case (minimum head mean). 1.0 is standard RLHF on the nominal head, 0.0 is pure worst case.
+        std_floor (`float`, defaults to 1e-3):
+            Lower bound added to every predicted standard deviation.
+        init_std (`float`, defaults to 1.0):
+            Standard deviation every head predicts at initialisation.
+        head_init_range (`float`, *optional*):
+            Standard deviation of the head weight init; defaults to the backbone's `initializer_range` (or 0.02).
+        pooling (`str`, *optional*):
+            `"last"` reads the last non-padding token (decoders), `"first"` the first token (BERT-style encoders).
+            Chosen from the backbone type when unset.
+    """
+
+    model_type = "brme"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    num_heads: int = 5
+    robust_lambda: float = 0.4
+    std_floor: float = 1e-3
+    init_std: float = 1.0
+    head_init_range: float | None = None
+    pooling: Literal["last", "first"] | None = None
+    num_labels: int = 1
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.pooling is None:
+            is_encoder = self.text_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            self.pooling = "first" if is_encoder and not self.text_config.is_decoder else "last"
+        self.validate_brme()
+
+    def validate_brme(self) -> None:
+        """Raise a `ValueError` naming the field when a BRME setting is out of range."""
+        if not isinstance(self.num_heads, int) or self.num_heads < 1:
+            raise ValueError(f"BRMEConfig.num_heads must be an integer >= 1, got {self.num_heads!r}.")
+        if not 0.0 <= self.robust_lambda <= 1.0:
+            raise ValueError(f"BRMEConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        if not self.std_floor > 0.0:
+            raise ValueError(f"BRMEConfig.std_floor must be > 0, got {self.std_floor!r}.")
+        if not self.init_std > self.std_floor:
+            raise ValueError(
+                f"BRMEConfig.init_std must be greater than std_floor ({self.std_floor}), got {self.init_std!r}."
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"BRMEConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.num_labels != 1:
+            raise ValueError(
+                f"BRMEConfig.num_labels must be 1 (the robust reward); set the number of heads with num_heads, "
+                f"got num_labels={self.num_labels!r}."
+            )
