@@ -303,7 +303,7 @@ class BRMERewardTrainer(RewardTrainer):
             per_pair[f"accuracy_head_{k}"] = head_correct[:, k]
         names = list(per_pair)
         stacked = gather(torch.stack([per_pair[n] for n in names], dim=-1))
-        for name, value in zip(names, stacked.mean(0).tolist()):
+        for name, value in zip(names, stacked.mean(0).tolist(), strict=True):
             self._metrics[mode][name].append(value)
 
         # The ensemble's predictive P(chosen > rejected): the average of the heads' probabilities.
