@@ -5,6 +5,7 @@ from .brme_reward_trainer import BRMERewardTrainer
 from .configuration_brme import BRMEConfig
 from .data import load_hh_rlhf_harmless
 from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
+from .scoring import BRMEScorer, BRMEScores
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,8 @@ __all__ = [
     "BRMERewardConfig",
     "BRMERewardModel",
     "BRMERewardTrainer",
+    "BRMEScorer",
+    "BRMEScores",
     "__version__",
     "load_hh_rlhf_harmless",
 ]
