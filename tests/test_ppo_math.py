@@ -1,0 +1,170 @@
+"""The PPO math of RobustPPOTrainer, each function against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from trl_robust.robust_ppo_trainer import (
+    apply_missing_stop_penalty,
+    compute_gae,
+    compute_rewards,
+    entropy_from_logits,
+    kl_penalty,
+    last_real_index,
+    lengths_to_mask,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    position_ids_from_mask,
+    token_logprobs,
+    truncate_after_stop,
+    value_loss,
+    whiten_advantages,
+)
+
+PAD, EOS = 0, 2
+
+
+def test_masked_mean_var_whiten():
+    values = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert masked_mean(values, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    assert masked_mean(values, mask, dim=1).tolist() == pytest.approx([1.5, 3.0])
+    # deviations -1, 0, 1: biased var 2/3, unbiased 1
+    assert masked_var(values, mask, unbiased=False).item() == pytest.approx(2 / 3)
+    assert masked_var(values, mask).item() == pytest.approx(1.0)
+    whitened = masked_whiten(values, mask)
+    assert whitened[0, 0].item() == pytest.approx(-1.0, abs=1e-4)
+    assert whitened[0, 1].item() == pytest.approx(0.0, abs=1e-4)
+    assert whitened[1, 0].item() == pytest.approx(1.0, abs=1e-4)
+    kept = masked_whiten(values, mask, shift_mean=False)
+    assert kept[1, 0].item() == pytest.approx(3.0, abs=1e-4)  # scale 1, mean 2 added back
+    with pytest.raises(ValueError, match="fewer than 2"):
+        masked_var(values, torch.tensor([[1, 0, 0], [0, 0, 0]]))
+
+
+def test_kl_estimators():
+    logp = torch.tensor([math.log(0.5), math.log(0.2)])
+    ref = torch.tensor([math.log(0.25), math.log(0.4)])
+    k1 = kl_penalty(logp, ref, "k1")
+    assert k1.tolist() == pytest.approx([math.log(2), math.log(0.5)])
+    k3 = kl_penalty(logp, ref, "k3")
+    # r = p_ref / p = 0.5 and 2: (r - 1) - log r
+    assert k3.tolist() == pytest.approx([(0.5 - 1) - math.log(0.5), (2 - 1) - math.log(2)], rel=1e-5)
+    assert (k3 >= 0).all()
+    with pytest.raises(ValueError, match="k1"):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_truncate_after_stop_lengths_include_stop_token_and_pad_equal_eos():
+    responses = torch.tensor([[5, 6, EOS, 7, 8], [5, 6, 7, 8, 9], [EOS, 5, EOS, 6, 7]])
+    truncated, lengths, has_stop = truncate_after_stop(responses, EOS, pad_token_id=EOS)  # pad == eos
+    assert lengths.tolist() == [3, 5, 1]
+    assert has_stop.tolist() == [True, False, True]
+    assert truncated.tolist() == [[5, 6, EOS, EOS, EOS], [5, 6, 7, 8, 9], [EOS, EOS, EOS, EOS, EOS]]
+    truncated, lengths, _ = truncate_after_stop(responses, 7, pad_token_id=PAD)  # any stop token, not only EOS
+    assert lengths.tolist() == [4, 3, 5]
+    assert truncated[0].tolist() == [5, 6, EOS, 7, PAD]
+    _, lengths, has_stop = truncate_after_stop(responses, None, PAD)
+    assert lengths.tolist() == [5, 5, 5] and not has_stop.any()
+    assert lengths_to_mask(torch.tensor([3, 5, 1]), 5).long().tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+    ]
+
+
+def test_missing_stop_penalty():
+    scores = torch.tensor([1.0, 2.0])
+    has_stop = torch.tensor([True, False])
+    assert apply_missing_stop_penalty(scores, has_stop, 1.5).tolist() == [1.0, 0.5]
+    assert apply_missing_stop_penalty(scores, has_stop, None).tolist() == [1.0, 2.0]
+
+
+def test_rewards_put_the_score_on_the_last_real_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    scores = torch.tensor([10.0, 20.0])
+    lengths = torch.tensor([2, 4])
+    rewards, non_score = compute_rewards(kl, scores, lengths, kl_coef=0.5)
+    expected_non_score = [[-0.05, -0.1, 0.0, 0.0], [-0.25, -0.3, -0.35, -0.4]]
+    assert non_score.tolist() == [pytest.approx(row) for row in expected_non_score]
+    # score at slot length - 1 (1 and 3), not one after it
+    assert rewards.tolist() == [pytest.approx([-0.05, 9.9, 0.0, 0.0]), pytest.approx([-0.25, -0.3, -0.35, 19.6])]
+
+
+def _gae_by_hand(rewards, values, length, gamma, lam):
+    """The textbook loop over one episode of `length` steps."""
+    adv = [0.0] * len(rewards)
+    last = 0.0
+    for t in reversed(range(length)):
+        next_value = values[t + 1] if t + 1 < length else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv
+
+
+def test_gae_matches_hand_loop_with_padding():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[0.1, -0.2, 1.0, 9.0], [0.3, 0.0, -0.1, 2.0]])  # 9.0 sits on padding: ignored
+    values = torch.tensor([[0.5, 0.4, 0.3, 7.0], [0.2, 0.1, 0.0, -0.5]])
+    lengths = torch.tensor([3, 4])
+    mask = lengths_to_mask(lengths, 4)
+    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
+    for i in range(2):
+        n = int(lengths[i])
+        expected = _gae_by_hand(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
+        assert adv[i].tolist() == pytest.approx(expected, abs=1e-6)
+        expected_returns = [a + v for a, v in zip(expected[:n], values[i, :n].tolist(), strict=True)]
+        assert ret[i, :n].tolist() == pytest.approx(expected_returns)
+    assert adv[0, 3].item() == 0.0 and ret[0, 3].item() == 0.0
+    # first row by hand: delta2 = 1.0 - 0.3 = 0.7; delta1 = -0.2 + 0.9*0.3 - 0.4 = -0.33; A1 = -0.33 + 0.72*0.7
+    assert adv[0, 2].item() == pytest.approx(0.7)
+    assert adv[0, 1].item() == pytest.approx(-0.33 + 0.72 * 0.7)
+
+
+def test_whiten_advantages_uses_real_tokens_only():
+    adv = torch.tensor([[1.0, 3.0, 50.0], [2.0, -7.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = whiten_advantages(adv, mask)
+    assert out[0, 2].item() == 0.0 and out[1, 1].item() == 0.0
+    assert out[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)  # mean 2, unbiased std 1
+    assert out[1, 0].item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_policy_loss_clipping_by_hand():
+    old = torch.zeros(1, 3)
+    new = torch.tensor([[math.log(1.5), math.log(0.9), 5.0]])  # ratios 1.5, 0.9; the third slot is padding
+    adv = torch.tensor([[1.0, -2.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, clipfrac, approxkl = policy_loss(new, old, adv, mask, cliprange=0.2)
+    # slot 0: max(-1.5, -1.2) = -1.2 (clipped); slot 1: max(1.8, 1.8) = 1.8 (not clipped: 0.9 inside the range)
+    assert loss.item() == pytest.approx((-1.2 + 1.8) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+    assert approxkl.item() == pytest.approx(0.5 * (math.log(1.5) ** 2 + math.log(0.9) ** 2) / 2)
+
+
+def test_value_loss_clipping_by_hand():
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    new = torch.tensor([[1.0, 0.1, 4.0]])
+    returns = torch.tensor([[2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, clipfrac = value_loss(new, old, returns, mask, cliprange_value=0.2)
+    # slot 0: (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24 -> 3.24; slot 1: (0.1+1)^2 = 1.21, clip keeps 0.1 -> 1.21
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 1.21) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+
+
+def test_logprob_entropy_positions():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])
+    assert token_logprobs(logits, torch.tensor([[1]]), 1.0).item() == pytest.approx(math.log(0.75))
+    # temperature 2 -> logits 0, log(3)/2: p1 = sqrt(3) / (1 + sqrt(3))
+    assert token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(
+        math.log(math.sqrt(3) / (1 + math.sqrt(3)))
+    )
+    assert entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+    assert last_real_index(mask).tolist() == [4, 3]

@@ -1,0 +1,149 @@
+"""Configuration of the RobustPPOTrainer: every field of TRL 1.12's PPOConfig, plus the robust reward's."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl.trainer.base_config import _BaseConfig
+
+from .config_utils import resolve_bf16
+
+AGGREGATIONS = ("robust", "nominal", "worst", "mean", "uwo", "kl_dro")
+
+
+@dataclass
+class RobustPPOConfig(_BaseConfig):
+    r"""
+    Configuration for [`RobustPPOTrainer`].
+
+    It carries every field of `trl.experimental.ppo.PPOConfig` (TRL <= 1.12) with the same name and default, so a
+    PPO script migrates by changing its import, plus the fields of the robust reward. Batch sizes follow the old
+    trainer: one PPO update (one rollout) holds `batch_size = per_device_train_batch_size *
+    gradient_accumulation_steps * num_processes` episodes, split into `num_mini_batches` optimiser steps for each of
+    `num_ppo_epochs` epochs. The derived sizes are computed by the trainer (fields left `None` here).
+    """
+
+    # TrainingArguments defaults that the old PPOConfig changed.
+    learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
+    logging_steps: float = field(
+        default=10, metadata={"help": "Log every X updates (an int), or this fraction of all updates (< 1)."}
+    )
+
+    # Fields of TRL 1.12's PPOConfig, same names and defaults.
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Number of processes to use for processing the dataset."}
+    )
+    num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
+    total_episodes: int | None = field(
+        default=None,
+        metadata={"help": "Total number of episodes (prompts answered) to train on; defaults to num_train_epochs "
+                  "passes over the dataset."},
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Per-rank batch size of the no-grad forwards (and generation) of the rollout."}
+    )
+    num_sample_generations: int = field(
+        default=10,
+        metadata={"help": "Number of times sample completions are generated and logged over training (0: never)."},
+    )
+    response_length: int = field(default=53, metadata={"help": "Maximum number of generated tokens per response."})
+    stop_token: Literal["eos"] | None = field(
+        default=None,
+        metadata={"help": "'eos' stops responses at the tokenizer's EOS token; exclusive with stop_token_id."},
+    )
+    stop_token_id: int | None = field(
+        default=None, metadata={"help": "Token id that ends a response; exclusive with stop_token."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, used in rollout and training."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of responses that never produce the stop token (>= 0)."},
+    )
+    sft_model_path: str = field(
+        default="EleutherAI/pythia-160m", metadata={"help": "Path to the SFT model (kept for old scripts)."}
+    )
+    world_size: int | None = field(default=None, metadata={"help": "Number of processes (set by the trainer)."})
+    num_total_batches: int | None = field(
+        default=None, metadata={"help": "Number of PPO updates in the run (set by the trainer)."}
+    )
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "per_device_train_batch_size * world_size (set by the trainer)."}
+    )
+    local_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Episodes per rank per update: per_device_train_batch_size * gradient_accumulation_steps "
+                  "(set by the trainer)."},
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per update over all ranks (set by the trainer)."}
+    )
+    local_mini_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per rank per minibatch (set by the trainer)."}
+    )
+    mini_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per minibatch over all ranks (set by the trainer)."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Whether to push the model to the Hub."})
+    reward_model_path: str = field(
+        default="EleutherAI/pythia-160m", metadata={"help": "Path to the reward model (kept for old scripts)."}
+    )
+    model_adapter_name: str | None = field(
+        default=None, metadata={"help": "Name of the trained adapter when the policy is a PeftModel."}
+    )
+    ref_adapter_name: str | None = field(
+        default=None,
+        metadata={"help": "Adapter to use as the reference policy; None uses the base model (adapters disabled)."},
+    )
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Number of epochs of PPO over each rollout."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whether to whiten the per-token rewards."})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (per token)."})
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1",
+        metadata={"help": "KL estimator: 'k1' (log ratio, unbiased, can be negative) or 'k3' (lower variance, "
+                  "always >= 0); see http://joschu.net/blog/kl-approx.html.", "choices": ["k1", "k3"]},
+    )
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss coefficient."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value function."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of generalised advantage estimation (GAE)."})
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={"help": "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (fast); False "
+                  "generates from sharded weights (slow, for models larger than one device)."},
+    )
+
+    # The robust reward.
+    reward_aggregation: str = field(
+        default="robust",
+        metadata={"help": "How a BRME's heads become the score: 'robust' (lambda * nominal + (1 - lambda) * worst), "
+                  "'nominal', 'worst', 'mean', 'uwo' (mean - c * var) or 'kl_dro'. Ignored for a plain reward "
+                  "model.", "choices": list(AGGREGATIONS)},
+    )
+    robust_lambda: float = field(
+        default=0.4, metadata={"help": "Weight of the nominal reward in 'robust' (1: nominal only, 0: worst only)."}
+    )
+    uwo_coef: float = field(default=1.0, metadata={"help": "Variance penalty c of 'uwo' (Coste et al. 2023)."})
+    kl_dro_beta: float = field(default=1.0, metadata={"help": "Temperature beta of 'kl_dro'."})
+
+    def __post_init__(self):
+        self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
+        super().__post_init__()
+        if self.stop_token is not None and self.stop_token_id is not None:
+            raise ValueError("RobustPPOConfig: set stop_token or stop_token_id, not both.")
+        if self.stop_token not in (None, "eos"):
+            raise ValueError(f"RobustPPOConfig.stop_token must be None or 'eos', got {self.stop_token!r}.")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"RobustPPOConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.reward_aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"RobustPPOConfig.reward_aggregation must be one of {AGGREGATIONS}, got {self.reward_aggregation!r}."
+            )
+        if not 0.0 <= self.robust_lambda <= 1.0:
+            raise ValueError(f"RobustPPOConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            raise ValueError(f"RobustPPOConfig.missing_eos_penalty must be >= 0, got {self.missing_eos_penalty!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"RobustPPOConfig.temperature must be > 0, got {self.temperature!r}.")
+        for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RobustPPOConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
