@@ -1,0 +1,30 @@
+"""Training curves as PNG: people would rather look than read."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; works with no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_log_history(log_history: list[dict], panels: dict[str, list[str]], path: str | Path, title: str) -> Path:
+    """One panel per entry of `panels` (panel title -> metric names), each metric against the step it was logged."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, names) in zip(axes[0], panels.items(), strict=True):
+        for name in names:
+            points = [(entry["step"], entry[name]) for entry in log_history if name in entry and "step" in entry]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
