@@ -63,7 +63,7 @@ class BRMERewardConfig(RewardConfig):
         metadata={
             "help": "Per-example, per-head loss weights that make the heads differ, drawn deterministically from the "
             "pair's tokens and the seed. 'bayesian': Exponential(1) (Bayesian bootstrap); 'poisson': Poisson(1) "
-            "(online bagging, a head skips ~37% of pairs); 'none': every head sees every pair with weight 1.",
+            "(online bagging, a head skips ~37%% of pairs); 'none': every head sees every pair with weight 1.",
             "choices": list(BOOTSTRAPS),
         },
     )

@@ -1,0 +1,82 @@
+import pytest
+import torch
+import yaml
+from transformers import LlamaForCausalLM
+
+from tests.conftest import preference_rows, tiny_text_config
+from trl_robust import BRMERewardModel, cli
+from trl_robust.recipe_parser import RecipeError
+from trl_robust.scripts import train_brme
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+def write_recipe(path, **values):
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_reward_subcommand_runs_a_recipe_and_flags_override_it(tmp_path, tiny_backbone):
+    data = tmp_path / "pairs.jsonl"
+    import json
+
+    data.write_text("\n".join(json.dumps(r) for r in preference_rows(24)))
+    recipe = write_recipe(
+        tmp_path / "brme.yaml",
+        model_name_or_path=str(tiny_backbone),
+        dataset_name=str(data),
+        dataset_test_split=None,
+        output_dir=str(tmp_path / "out"),
+        num_heads=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+    )
+    assert cli.main(["reward", "--config", str(recipe), "--num_heads", "2"]) == 0
+    model = BRMERewardModel.from_pretrained(tmp_path / "out")
+    assert model.config.num_heads == 2  # the flag won over the recipe's 4
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"num_haeds": 5}, "unknown key 'num_haeds'. Did you mean 'num_heads'"),
+        ({"learning_rate": "fast"}, "key 'learning_rate' must be float"),
+        ({"num_heads": 2.5}, "key 'num_heads' must be int"),
+        ({"gradient_checkpointing": "yes"}, "key 'gradient_checkpointing' must be bool"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, values, message, capsys):
+    recipe = write_recipe(tmp_path / "bad.yaml", output_dir=str(tmp_path / "out"), **values)
+    with pytest.raises(RecipeError, match=message):
+        train_brme.main(["--config", str(recipe)])
+    assert cli.main(["reward", "--config", str(recipe)]) == 2
+    assert message.split("'")[1] in capsys.readouterr().err
+
+
+def test_help_lists_fields_with_their_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reward", "--help"])
+    text = capsys.readouterr().out
+    assert "--num_heads" in text and "Number of Gaussian reward heads" in text and "--dataset_name" in text
+    assert cli.main(["nonsense"]) == 2
+
+
+def test_shipped_recipes_only_use_valid_keys():
+    from pathlib import Path
+
+    from trl_robust.brme_reward_config import BRMERewardConfig
+    from trl_robust.recipe_parser import check_recipe
+    from trl_robust.script_args import ScriptArguments
+
+    for recipe in Path(__file__).parents[1].glob("recipes/**/brme*.yaml"):
+        check_recipe(yaml.safe_load(recipe.read_text()), (ScriptArguments, BRMERewardConfig), str(recipe))
