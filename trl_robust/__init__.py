@@ -5,6 +5,10 @@ from .brme_reward_trainer import BRMERewardTrainer
 from .configuration_brme import BRMEConfig
 from .data import load_hh_rlhf_harmless
 from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
+from .robust_grpo_config import RobustGRPOConfig
+from .robust_grpo_trainer import RobustGRPOTrainer
+from .robust_rloo_config import RobustRLOOConfig
+from .robust_rloo_trainer import RobustRLOOTrainer
 from .scoring import BRMEScorer, BRMEScores
 
 __version__ = "0.1.0"
@@ -19,6 +23,10 @@ __all__ = [
     "BRMERewardTrainer",
     "BRMEScorer",
     "BRMEScores",
+    "RobustGRPOConfig",
+    "RobustGRPOTrainer",
+    "RobustRLOOConfig",
+    "RobustRLOOTrainer",
     "__version__",
     "load_hh_rlhf_harmless",
 ]

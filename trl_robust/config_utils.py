@@ -1,6 +1,10 @@
 """Defaults shared by the package's trainer configs."""
 
+import math
+
 import torch
+
+from .rewards import AGGREGATIONS
 
 
 def resolve_bf16(bf16: bool | None, fp16: bool, use_cpu: bool = False) -> bool:
@@ -12,3 +16,27 @@ def resolve_bf16(bf16: bool | None, fp16: bool, use_cpu: bool = False) -> bool:
     if fp16 or use_cpu:
         return False
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def check_reward_aggregation(config) -> None:
+    """Raise a `ValueError` naming the field when a robust RL config's reward aggregation setting is out of range."""
+    name = type(config).__name__
+    if config.reward_aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"{name}.reward_aggregation must be one of {', '.join(AGGREGATIONS)}; got {config.reward_aggregation!r}."
+        )
+    if not 0.0 <= config.robust_lambda <= 1.0:
+        raise ValueError(f"{name}.robust_lambda must be in [0, 1], got {config.robust_lambda!r}.")
+    if not (math.isfinite(config.uwo_coef) and config.uwo_coef >= 0.0):
+        raise ValueError(f"{name}.uwo_coef must be a finite number >= 0, got {config.uwo_coef!r}.")
+    if not (math.isfinite(config.kl_dro_beta) and config.kl_dro_beta > 0.0):
+        raise ValueError(f"{name}.kl_dro_beta must be a finite number > 0, got {config.kl_dro_beta!r}.")
+
+
+def aggregation_params(config) -> dict[str, float]:
+    """The `trl_robust.rewards.aggregate` parameters of a robust RL config's `reward_aggregation`."""
+    return {
+        "robust": {"robust_lambda": config.robust_lambda},
+        "uwo": {"c": config.uwo_coef},
+        "kl_dro": {"beta": config.kl_dro_beta},
+    }.get(config.reward_aggregation, {})

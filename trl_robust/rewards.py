@@ -58,7 +58,9 @@ def robust(means: torch.Tensor, stds: torch.Tensor, robust_lambda: float = 0.4) 
     """`robust_lambda * nominal + (1 - robust_lambda) * worst` (arXiv 2409.15360); lambda weighs the nominal term, so
     1 is standard RLHF on the most confident head and 0 is pure worst case."""
     check_params(robust_lambda=robust_lambda)
-    return robust_lambda * nominal(means, stds) + (1.0 - robust_lambda) * worst(means)
+    low = worst(means)
+    # worst + lambda * (nominal - worst): the same mix, exactly `worst` wherever the two terms agree (e.g. K = 1)
+    return low + robust_lambda * (nominal(means, stds) - low)
 
 
 def mean(means: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ def mean(means: torch.Tensor) -> torch.Tensor:
     return means.mean(dim=-1)
 
 
-def uwo(means: torch.Tensor, c: float = 0.5) -> torch.Tensor:
+def uwo(means: torch.Tensor, c: float = 1.0) -> torch.Tensor:
     """
     Uncertainty-weighted optimisation, `mean_k mu_k - c * Var_k mu_k` (Coste et al. 2023, arXiv 2310.02743): the
     ensemble mean penalised by the heads' disagreement. The variance is the population one (divide by K), so a single

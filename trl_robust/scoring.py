@@ -78,7 +78,8 @@ class BRMEScorer:
         rewards.aggregate(aggregation, torch.zeros(1, 1), torch.ones(1, 1), **aggregation_params)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}.")
-        self.model = model.eval()
+        model.eval()  # not `model = model.eval()`: a DeepSpeed engine's eval() returns None
+        self.model = model
         self.tokenizer = tokenizer
         self.aggregation = aggregation
         self.aggregation_params = aggregation_params

@@ -1,0 +1,166 @@
+"""What `RobustGRPOTrainer` and `RobustRLOOTrainer` add to TRL's trainers: BRME rewards, scored as they were trained."""
+
+import logging
+import os
+
+import torch
+from accelerate.utils import is_peft_model
+from torch import nn
+from transformers import AutoConfig, PreTrainedModel
+from trl.trainer.utils import get_config_model_id
+
+from . import rewards
+from .config_utils import aggregation_params
+from .configuration_brme import BRMEConfig
+from .modeling_brme import BRMERewardModel
+from .scoring import BRMEScorer, BRMEScores
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_DIR = "reference_model"
+
+
+def is_brme(reward_func, args) -> bool:
+    """True for a `BRMERewardModel` (or a PEFT model around one), or a path or Hub id of a BRME checkpoint."""
+    if isinstance(reward_func, str):
+        init_kwargs = args.model_init_kwargs or {}
+        config = AutoConfig.from_pretrained(
+            reward_func,
+            trust_remote_code=init_kwargs.get("trust_remote_code", args.trust_remote_code),
+            revision=init_kwargs.get("revision"),
+        )
+        return isinstance(config, BRMEConfig)
+    if isinstance(reward_func, nn.Module) and is_peft_model(reward_func):
+        reward_func = reward_func.get_base_model()
+    return isinstance(reward_func, BRMERewardModel)
+
+
+class BRMERewardsMixin:
+    """
+    Mixed in before TRL's `GRPOTrainer` / `RLOOTrainer`. Every BRME among `reward_funcs` stays a `PreTrainedModel` in
+    `self.reward_funcs`, so TRL places it like any reward model (`prepare_deepspeed` shards it under ZeRO-3); only its
+    reward column changes: a [`BRMEScorer`] scores it with the reward-training tokenisation and the configured
+    aggregation, and the heads' statistics are logged under `brme/`.
+    """
+
+    _brme_indices: list[int]
+    brme_scorers: dict[int, BRMEScorer]  # reward column -> its scorer (public: score eval data the same way)
+
+    @staticmethod
+    def _find_brmes(reward_funcs, args, trainer_name: str) -> list[int]:
+        """Indices of the BRMEs in `reward_funcs`; raises when there is none (the robust config would do nothing)."""
+        funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs] if reward_funcs is not None else []
+        indices = [i for i, func in enumerate(funcs) if is_brme(func, args)]
+        if not indices:
+            raise ValueError(
+                f"{trainer_name} optimises a BRME's aggregated reward, but none of reward_funcs is a BRMERewardModel "
+                "or a BRME checkpoint path. Pass one (e.g. reward_funcs=['path/to/brme', my_func]), or use TRL's own "
+                "trainer for plain reward models."
+            )
+        return indices
+
+    @staticmethod
+    def _save_policy_for_reference(model, args, peft_config) -> None:
+        """
+        With `beta > 0` TRL builds the reference model by reloading `model.config._name_or_path`; a policy built in
+        memory from a config has none, so save it (its initial weights are the reference) under
+        `output_dir/reference_model` and point `_name_or_path` there.
+        """
+        if args.beta == 0.0 or not isinstance(model, PreTrainedModel) or get_config_model_id(model.config):
+            return
+        if peft_config is not None or is_peft_model(model):
+            return  # PEFT disables the adapter for the reference: nothing is reloaded
+        path = os.path.join(args.output_dir, REFERENCE_DIR)
+        state = args.distributed_state
+        with state.local_main_process_first():
+            if state.is_local_main_process:
+                logger.warning(
+                    "The policy has no `_name_or_path` and beta=%s needs a reference model: saving the initial policy "
+                    "to %s for TRL to reload it.",
+                    args.beta,
+                    path,
+                )
+                model.save_pretrained(path)
+        model.config._name_or_path = path
+
+    def _setup_brme_scorers(self) -> None:
+        """One scorer per BRME column, around the model TRL prepared (a DeepSpeed engine under ZeRO-3)."""
+        params = aggregation_params(self.args)
+        self.brme_scorers = {}
+        for i in self._brme_indices:
+            brme = self.accelerator.unwrap_model(self.reward_funcs[i])
+            brme = brme.get_base_model() if is_peft_model(brme) else brme
+            if self.args.robust_lambda != brme.config.robust_lambda:
+                logger.info(
+                    "Reward %r: the BRME's logits use robust_lambda=%s; this run optimises and logs robust_lambda=%s.",
+                    self.reward_func_names[i],
+                    brme.config.robust_lambda,
+                    self.args.robust_lambda,
+                )
+            self.brme_scorers[i] = BRMEScorer(
+                self.reward_funcs[i],
+                self.reward_processing_classes[i],
+                aggregation=self.args.reward_aggregation,
+                device=self.accelerator.device,
+                chat_template_kwargs=self.chat_template_kwargs or None,
+                **params,
+            )
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # TRL scores an nn.Module reward on its own re-tokenisation (no EOS); for the duration of the call each BRME is
+        # swapped for a plain reward function that scores it through its BRMEScorer. TRL then handles everything
+        # else as usual: other reward functions, async ones, NaN rows, and the gather across processes.
+        scored: dict[int, BRMEScores] = {}
+
+        def brme_reward(index):
+            def score(prompts, completions, tools=None, **kwargs):
+                scored[index] = self.brme_scorers[index].score(prompts, completions, tools)
+                return scored[index].rewards.tolist()
+
+            return score
+
+        originals = self.reward_funcs
+        self.reward_funcs = [brme_reward(i) if i in self.brme_scorers else f for i, f in enumerate(originals)]
+        try:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            self.reward_funcs = originals
+
+        mode = "train" if self.model.training else "eval"
+        for i in self._brme_indices:  # same order on every process: gather is collective
+            means, stds = self.accelerator.gather((scored[i].means, scored[i].stds))
+            prefix = "brme" if len(self._brme_indices) == 1 else f"brme/{self.reward_func_names[i]}"
+            self._log_brme_metrics(mode, prefix, means, stds)
+        return rewards_per_func
+
+    @torch.no_grad()
+    def _log_brme_metrics(self, mode: str, prefix: str, means: torch.Tensor, stds: torch.Tensor) -> None:
+        """Batch means over the gathered completions of each aggregation and of the heads' statistics."""
+        values = {
+            "nominal": rewards.nominal(means, stds),
+            "worst": rewards.worst(means),
+            "robust": rewards.robust(means, stds, self.args.robust_lambda),
+            "mean": rewards.mean(means),
+        }
+        name = self.args.reward_aggregation
+        if name not in values:
+            values[name] = rewards.aggregate(name, means, stds, **aggregation_params(self.args))
+        values["mean_std"] = stds.mean(-1)
+        values["head_disagreement"] = means.std(-1, unbiased=False)
+        for k in range(means.shape[-1]):
+            values[f"head_{k}_mean"] = means[:, k]
+        for key, value in values.items():
+            self._metrics[mode][f"{prefix}/{key}"].append(value.float().mean().item())
+
+
+def check_args_type(args, config_class, trainer_name: str, model) -> object:
+    """The trainer's config: a default one when `args` is None, else `args` itself once its class is checked."""
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config) or "model"
+        return config_class(f"{str(name).rstrip('/').split('/')[-1]}-{trainer_name.removesuffix('Trainer')}")
+    if not isinstance(args, config_class):
+        raise TypeError(
+            f"{trainer_name} needs a {config_class.__name__}, got {type(args).__name__}: build a "
+            f"{config_class.__name__} with the arguments you gave {type(args).__name__} (it takes every one of them)."
+        )
+    return args
