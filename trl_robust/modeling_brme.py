@@ -206,8 +206,7 @@ class BRMERewardModel(PreTrainedModel):
         means, stds = self.score(features)
         nominal = rewards.nominal(means, stds)
         worst = rewards.worst(means)
-        lam = self.config.robust_lambda
-        robust = lam * nominal + (1.0 - lam) * worst
+        robust = rewards.robust(means, stds, self.config.robust_lambda)  # the one formula scorers and trainers use
         return BRMEOutput(
             logits=robust.unsqueeze(-1),
             means=means,
