@@ -91,7 +91,7 @@ class BRMERewardsMixin:
             brme = self.accelerator.unwrap_model(self.reward_funcs[i])
             brme = brme.get_base_model() if is_peft_model(brme) else brme
             if self.args.robust_lambda != brme.config.robust_lambda:
-                logger.info(
+                logger.warning(
                     "Reward %r: the BRME's logits use robust_lambda=%s; this run optimises and logs robust_lambda=%s.",
                     self.reward_func_names[i],
                     brme.config.robust_lambda,
