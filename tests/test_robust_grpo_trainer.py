@@ -1,8 +1,10 @@
 import pytest
 import torch
+from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.robust_rl_helpers import (
+    PROMPTS,
     capture_rewards,
     capture_scores,
     prompt_dataset,
@@ -150,6 +152,27 @@ def test_scored_as_trained_beside_other_rewards(tmp_path, smol_tokenizer, policy
                 input_ids=torch.tensor([trl_ids]), attention_mask=torch.ones(1, len(trl_ids), dtype=torch.long)
             )
             assert not torch.isclose(reward, as_trl.logits[0, 0], atol=1e-3)
+
+
+def test_conversational_prompts_go_through_the_chat_template(tmp_path, smol_tokenizer, policy_dir, brme_dir):
+    trainer = RobustGRPOTrainer(
+        model=str(policy_dir),
+        reward_funcs=str(brme_dir),
+        args=RobustGRPOConfig(**rl_args(tmp_path, smol_tokenizer, max_steps=1)),
+        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 4]),
+        processing_class=smol_tokenizer,
+    )
+    calls = capture_rewards(trainer)
+    trainer.train()
+    prompts, completions, rewards_per_func = calls[0]
+    assert completions[0][0]["role"] == "assistant"
+    brme = BRMERewardModel.from_pretrained(brme_dir).eval()
+    with torch.no_grad():
+        for prompt, completion, reward in zip(prompts, completions, rewards_per_func[:, 0], strict=True):
+            ids = smol_tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+            assert ids == tokenize_for_reward(smol_tokenizer, completion, prompt)
+            out = brme(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            torch.testing.assert_close(reward, out.logits[0, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_plain_trl_grpo_reads_a_brme_checkpoint(tmp_path, smol_tokenizer, policy_dir, brme_dir):

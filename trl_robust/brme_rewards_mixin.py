@@ -6,7 +6,7 @@ import os
 import torch
 from accelerate.utils import is_peft_model
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel, TrainingArguments
 from trl.trainer.utils import get_config_model_id
 
 from . import rewards
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 REFERENCE_DIR = "reference_model"
 
 
-def is_brme(reward_func, args) -> bool:
+def is_brme(reward_func: object, args: TrainingArguments) -> bool:
     """True for a `BRMERewardModel` (or a PEFT model around one), or a path or Hub id of a BRME checkpoint."""
     if isinstance(reward_func, str):
         init_kwargs = args.model_init_kwargs or {}
@@ -153,7 +153,9 @@ class BRMERewardsMixin:
             self._metrics[mode][f"{prefix}/{key}"].append(value.float().mean().item())
 
 
-def check_args_type(args, config_class, trainer_name: str, model) -> object:
+def check_args_type(
+    args: TrainingArguments | None, config_class: type, trainer_name: str, model: str | PreTrainedModel
+) -> TrainingArguments:
     """The trainer's config: a default one when `args` is None, else `args` itself once its class is checked."""
     if args is None:
         name = model if isinstance(model, str) else get_config_model_id(model.config) or "model"
