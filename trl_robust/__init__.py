@@ -7,6 +7,8 @@ from .data import load_hh_rlhf_harmless
 from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
 from .robust_grpo_config import RobustGRPOConfig
 from .robust_grpo_trainer import RobustGRPOTrainer
+from .robust_ppo_config import RobustPPOConfig
+from .robust_ppo_trainer import RobustPPOTrainer
 from .robust_rloo_config import RobustRLOOConfig
 from .robust_rloo_trainer import RobustRLOOTrainer
 from .scoring import BRMEScorer, BRMEScores
@@ -25,6 +27,8 @@ __all__ = [
     "BRMEScores",
     "RobustGRPOConfig",
     "RobustGRPOTrainer",
+    "RobustPPOConfig",
+    "RobustPPOTrainer",
     "RobustRLOOConfig",
     "RobustRLOOTrainer",
     "__version__",

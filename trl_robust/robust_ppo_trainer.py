@@ -8,8 +8,35 @@ real tokens of a response (everything up to and including the stop token) and 0 
 tokens are always a prefix of the row.
 """
 
+import copy
+import math
+import os
+import textwrap
+import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from datasets import Dataset
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import is_peft_available, is_rich_available, logging
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import disable_dropout_in_model
+
+from . import rewards as reward_aggregations
+from .config_utils import aggregation_params
+from .modeling_brme import BRMERewardModel
+from .robust_ppo_config import RobustPPOConfig
+
+if is_peft_available():
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+logger = logging.get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------------
 # PPO math
@@ -212,3 +239,731 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of every row (works for left and right padding and for pad == eos)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * positions).argmax(-1)
+
+
+def exact_div(a: int, b: int, what: str) -> int:
+    """`a // b`, raising a `ValueError` that says which fields to change when `b` does not divide `a`."""
+    if b <= 0 or a % b != 0:
+        raise ValueError(f"{what}: {a} is not divisible by {b}.")
+    return a // b
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model plumbing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The bare transformer of a sequence-classification or BRME model (`model.<base_model_prefix>`)."""
+    if is_peft_available() and isinstance(model, PeftModel):
+        model = model.get_base_model()
+    prefix = getattr(model, "base_model_prefix", None)
+    backbone = getattr(model, prefix, None) if prefix else None
+    if backbone is None or not hasattr(model, "score"):
+        raise ValueError(
+            f"{type(model).__name__} is not usable as a value/reward model: it needs a backbone at "
+            "`model.<base_model_prefix>` and a `score` head (any AutoModelForSequenceClassification decoder with "
+            "num_labels=1, or a BRMERewardModel)."
+        )
+    return backbone
+
+
+def _is_brme(model: nn.Module) -> bool:
+    if is_peft_available() and isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return isinstance(model, BRMERewardModel)
+
+
+def _head(model: nn.Module) -> nn.Module:
+    if is_peft_available() and isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return model.score
+
+
+def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """
+    Per-token values `[batch, seq]` of a value model: its backbone's hidden states through its `score` head. A
+    sequence-classification model gives its single label; a BRME gives the mean of its heads' means.
+    """
+    hidden = _backbone(value_model)(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    out = _head(value_model)(hidden)
+    if isinstance(out, tuple):  # BRME heads: (means, stds)
+        return out[0].mean(-1)
+    return out[..., 0].float()
+
+
+class PolicyAndValue(nn.Module):
+    """Policy and value model in one module, so one `accelerator.prepare` (DDP / DeepSpeed) trains both."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.config = policy.config  # read by Trainer utilities (model card, tags)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self.policy, "is_gradient_checkpointing", False)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(policy logits [B, T, V], values [B, T])`; positions come from the mask (left padding)."""
+        logits = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).logits
+        return logits, token_values(self.value_model, input_ids, attention_mask)
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into `(input_ids, attention_mask)`; the mask, not the pad id, marks real tokens."""
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            input_ids[i, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
+            attention_mask[i, width - len(seq) :] = 1
+    return input_ids, attention_mask
+
+
+def _empty_cache() -> None:
+    """Return freed accelerator memory between phases (a no-op on CPU). No `gc.collect()`: tensors are freed by
+    reference counting once deleted, and a full collection costs ~1 s per call in a large Python process."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif hasattr(torch, "xpu") and torch.xpu.is_available():
+        torch.xpu.empty_cache()
+
+
+@contextmanager
+def _generation_config(model: nn.Module, config: GenerationConfig):
+    """Make `config` the model's own generation config while generating: transformers fills the fields a passed
+    config leaves unset (such as `eos_token_id=None`, "never stop") from the model's, which would stop rollouts at
+    EOS when no stop token was asked for."""
+    target = model.get_base_model() if is_peft_available() and isinstance(model, PeftModel) else model
+    saved = target.generation_config
+    target.generation_config = config
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RobustPPOTrainer(_BaseTrainer):
+    """
+    Proximal Policy Optimization for RLHF (Ziegler et al. 2019; Ouyang et al. 2022) with a robust reward.
+
+    The constructor keeps the argument order of TRL 1.12's `PPOTrainer`, so an old script migrates by changing its
+    import. The reward model is either a [`BRMERewardModel`] (the score is `args.reward_aggregation` of its heads, and
+    the heads' statistics are logged under `robust/`) or any sequence-classification reward model with one label.
+
+    Args:
+        args ([`RobustPPOConfig`]): training configuration.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`]): tokenizer of the policy, value and reward
+            models (they must share it).
+        model ([`~transformers.PreTrainedModel`]): the policy, a causal LM.
+        ref_model ([`~transformers.PreTrainedModel`] or `None`): the reference policy of the KL penalty; `None` uses a
+            frozen copy of the policy, or the policy with its adapters disabled when it is a PEFT model.
+        reward_model ([`~transformers.PreTrainedModel`]): a BRME or a sequence-classification model (num_labels=1).
+        train_dataset ([`~datasets.Dataset`]): prompts, as a tokenized `input_ids` column (the old format) or a
+            `prompt` column of text or conversational messages (tokenized here, with the chat template and
+            `add_generation_prompt=True` for messages).
+        value_model ([`~transformers.PreTrainedModel`]): the critic: a sequence-classification model with one label
+            (usually initialised from the reward model) or a BRME (value = mean of its heads).
+        data_collator (`Callable`, *optional*): turns a list of dataset rows into a batch with `input_ids` (and
+            `attention_mask`); the trainer left-aligns its output. Defaults to left padding with the pad token.
+        eval_dataset ([`~datasets.Dataset`], *optional*): prompts for the sample completions printed during training.
+        optimizers (`tuple`, *optional*): `(optimizer, lr_scheduler)`; defaults to AdamW (with `args.adam_epsilon`)
+            and `args.lr_scheduler_type`, stepped once per PPO update.
+        callbacks (`list` of [`~transformers.TrainerCallback`], *optional*): extra callbacks.
+        peft_config ([`~peft.PeftConfig`], *optional*): wrap the policy in this adapter.
+    """
+
+    _tag_names = ["trl", "ppo", "trl-robust"]
+    _name = "RobustPPO"
+    _paper = {
+        "title": "Fine-Tuning Language Models from Human Preferences",
+        "id": "1909.08593",
+        "citation": textwrap.dedent("""\
+            @article{ziegler2019fine,
+                title   = {{Fine-Tuning Language Models from Human Preferences}},
+                author  = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and
+                           Dario Amodei and Paul F. Christiano and Geoffrey Irving},
+                year    = 2019,
+                eprint  = {arXiv:1909.08593}
+            }"""),
+    }
+
+    def __init__(
+        self,
+        args: RobustPPOConfig,
+        processing_class: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        ref_model: PreTrainedModel | None,
+        reward_model: PreTrainedModel,
+        train_dataset: Dataset,
+        value_model: PreTrainedModel,
+        data_collator: Any = None,
+        eval_dataset: Dataset | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        callbacks: list[TrainerCallback] | None = None,
+        peft_config: "PeftConfig | None" = None,
+    ) -> None:
+        if args is None or not isinstance(args, RobustPPOConfig):
+            raise TypeError(f"args must be a RobustPPOConfig, got {type(args).__name__}.")
+        if train_dataset is None:
+            raise ValueError("RobustPPOTrainer needs a train_dataset of prompts.")
+        if ref_model is not None and ref_model is model:
+            raise ValueError("model and ref_model must be different objects; pass ref_model=None to copy the policy.")
+        if value_model is reward_model:
+            raise ValueError("value_model and reward_model must be different objects: the value model is trained.")
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("The tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token.")
+            # Safe: real tokens are always found through attention masks, never by comparing with the pad id.
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        if args.stop_token == "eos":
+            self.stop_token_id = tokenizer.eos_token_id
+        else:
+            self.stop_token_id = args.stop_token_id
+        # The token whose absence `missing_eos_penalty` punishes: the stop token, or EOS when there is none.
+        self.penalised_stop_id = self.stop_token_id if self.stop_token_id is not None else tokenizer.eos_token_id
+
+        # PEFT: the policy gets the adapter; with no ref_model, the reference is the policy with adapters disabled.
+        if peft_config is not None:
+            if not is_peft_available():
+                raise ImportError("peft_config needs the `peft` package: pip install peft.")
+            if not isinstance(peft_config, PeftConfig):
+                raise TypeError(f"peft_config must be a peft.PeftConfig, got {type(peft_config).__name__}.")
+            if isinstance(model, PeftModel):
+                raise ValueError("model is already a PeftModel; pass its base model with peft_config, or no config.")
+            model = get_peft_model(model, peft_config)
+        self.is_peft_model = is_peft_available() and isinstance(model, PeftModel)
+        if ref_model is None and not self.is_peft_model:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        reward_model.eval().requires_grad_(False)
+        for module in (model, ref_model, value_model, reward_model):
+            if module is not None:
+                disable_dropout_in_model(module)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+            if self.is_peft_model:
+                model.enable_input_require_grads()
+        self.policy_model = model
+        self.value_model = value_model
+        self.ref_model = ref_model
+        self.reward_model = reward_model
+        self.reward_is_brme = _is_brme(reward_model)
+
+        train_dataset = self._prepare_dataset(train_dataset, args, "train")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, args, "eval")
+
+        super().__init__(
+            model=PolicyAndValue(model, value_model),
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.user_collator = data_collator
+
+        # Derived batch sizes, computed once. One update (one rollout) = batch_size episodes over all ranks.
+        args.world_size = self.accelerator.num_processes
+        args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        args.micro_batch_size = args.per_device_train_batch_size * args.world_size
+        args.batch_size = args.local_batch_size * args.world_size
+        args.local_mini_batch_size = exact_div(
+            args.local_batch_size,
+            args.num_mini_batches,
+            "per_device_train_batch_size * gradient_accumulation_steps must be divisible by num_mini_batches",
+        )
+        args.mini_batch_size = args.local_mini_batch_size * args.world_size
+        # Micro-batches of per_device_train_batch_size (or the whole minibatch when it is smaller, as with
+        # num_mini_batches > gradient_accumulation_steps), accumulated into one optimiser step per minibatch.
+        self.micro_batch_size = min(args.per_device_train_batch_size, args.local_mini_batch_size)
+        self.grad_accum_steps = exact_div(
+            args.local_mini_batch_size,
+            self.micro_batch_size,
+            "the per-rank minibatch (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
+            "must be divisible by per_device_train_batch_size",
+        )
+        self.train_dataset_len = len(train_dataset)
+        if self.train_dataset_len < args.batch_size:
+            raise ValueError(
+                f"train_dataset has {self.train_dataset_len} prompts, fewer than one update's batch_size "
+                f"{args.batch_size} (per_device_train_batch_size * gradient_accumulation_steps * num_processes)."
+            )
+        if args.total_episodes is None:
+            args.total_episodes = int(args.num_train_epochs * self.train_dataset_len)
+        args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)
+        self.batches_per_epoch = self.train_dataset_len // args.batch_size
+        self.sample_generations_freq = max(1, args.num_total_batches // max(1, args.num_sample_generations))
+
+        # Optimiser and scheduler (stepped once per update), then distributed wrapping of the trained pair.
+        self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.is_deepspeed_enabled:
+            self.deepspeed = self.model_wrapped
+        device = self.accelerator.device
+        if self.is_deepspeed_enabled:
+            self.reward_model = prepare_deepspeed(self.reward_model, self.accelerator)
+            if self.ref_model is not None:
+                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
+        else:
+            self.reward_model = self.reward_model.to(device)
+            if self.ref_model is not None:
+                self.ref_model = self.ref_model.to(device)
+        # Raw modules: their submodules (backbone, score head) are called directly; ZeRO-3 hooks still gather.
+        self._reward_module = getattr(self.reward_model, "module", self.reward_model)
+        self._ref_module = getattr(self.ref_model, "module", self.ref_model) if self.ref_model is not None else None
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Data
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset: Dataset, args: RobustPPOConfig, name: str) -> Dataset:
+        """Keep an `input_ids` dataset as it is; tokenize a `prompt` dataset (text, or messages with the template)."""
+        columns = dataset.column_names
+        if "input_ids" in columns:
+            return dataset
+        if "prompt" not in columns:
+            raise ValueError(f"The {name} dataset needs an `input_ids` or a `prompt` column; it has {columns}.")
+        tokenizer = self.tokenizer
+
+        def tokenize(row):
+            prompt = row["prompt"]
+            if isinstance(prompt, list):  # conversational: a list of {"role", "content"} messages
+                text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+            return {"input_ids": tokenizer(prompt)["input_ids"]}
+
+        return dataset.map(tokenize, remove_columns=columns, num_proc=args.dataset_num_proc, desc=f"Tokenize {name}")
+
+    def _collate(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded `(input_ids, attention_mask)` of some prompts."""
+        if self.user_collator is None:
+            return left_pad([list(row["input_ids"]) for row in rows], self.pad_token_id)
+        batch = self.user_collator(rows)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        # Left-align whatever padding side the collator used.
+        return left_pad([row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], self.pad_token_id)
+
+    def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's prompts for update `update` (0-based): a seeded shuffle per epoch, drop-last, so the data order
+        depends only on the update index (which makes resuming exact)."""
+        args = self.args
+        epoch, index = divmod(update, self.batches_per_epoch)
+        generator = torch.Generator().manual_seed(args.seed + epoch)
+        order = torch.randperm(self.train_dataset_len, generator=generator)
+        start = index * args.batch_size + self.accelerator.process_index * args.local_batch_size
+        indices = order[start : start + args.local_batch_size].tolist()
+        return self._collate([self.train_dataset[i] for i in indices])
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Rollout
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _generation_config(self, temperature: float) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.args.response_length,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=self.stop_token_id,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+
+    @torch.no_grad()
+    def _generate(self, queries: torch.Tensor, query_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Sampled responses `[B, response_length]` (right-padded), generated in chunks of
+        `local_rollout_forward_batch_size` with the ZeRO-3 weights gathered once (if `ds3_gather_for_generation`)."""
+        config = self._generation_config(temperature)
+        chunk = self.args.local_rollout_forward_batch_size
+        responses = torch.full(
+            (queries.shape[0], self.args.response_length), self.pad_token_id, dtype=torch.long, device=queries.device
+        )
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+        ) as unwrapped:
+            policy = unwrapped.policy
+            with _generation_config(policy, config):
+                for i in range(0, queries.shape[0], chunk):
+                    out = policy.generate(
+                        input_ids=queries[i : i + chunk],
+                        attention_mask=query_mask[i : i + chunk],
+                        generation_config=config,
+                    )
+                    new = out[:, queries.shape[1] :]
+                    responses[i : i + chunk, : new.shape[1]] = new
+        return responses
+
+    @contextmanager
+    def _reference(self):
+        """The reference policy: the ref model, or the PEFT policy with its adapters disabled (or `ref_adapter_name`
+        active)."""
+        if self._ref_module is not None:
+            yield self._ref_module
+            return
+        policy = self.accelerator.unwrap_model(self.model_wrapped).policy
+        if self.args.ref_adapter_name:
+            policy.set_adapter(self.args.ref_adapter_name)
+            try:
+                yield policy
+            finally:
+                policy.set_adapter(self.args.model_adapter_name or "default")
+        else:
+            with policy.disable_adapter():
+                yield policy
+
+    def _policy_logprobs(self, policy: nn.Module, input_ids, attention_mask, responses, context_length: int):
+        logits = policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).logits[:, context_length - 1 : -1]
+        return token_logprobs(logits, responses, self.args.temperature)
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Score (prompt + truncated response) sequences with the reward model at their last real token.
+
+        Returns `{"scores": [B]}`, plus `"means"` and `"stds"` `[B, K]` for a BRME, whose score is
+        `args.reward_aggregation` of its heads.
+        """
+        rm = self._reward_module
+        position_ids = position_ids_from_mask(attention_mask)
+        if self.reward_is_brme:
+            out = rm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            scores = reward_aggregations.aggregate(
+                self.args.reward_aggregation, out.means, out.stds, **aggregation_params(self.args)
+            )
+            return {"scores": scores.float(), "means": out.means.float(), "stds": out.stds.float()}
+        if hasattr(rm, "score") and getattr(rm, "base_model_prefix", None):
+            # Read the head at the last real token found by the mask (transformers' own pooling compares with the pad
+            # id, which is wrong when pad == eos and the response ends with eos).
+            hidden = _backbone(rm)(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            logits = _head(rm)(hidden[rows, last_real_index(attention_mask)])
+        else:  # e.g. an encoder classifier, which pools its first token
+            logits = rm(input_ids=input_ids, attention_mask=attention_mask).logits
+        return {"scores": logits[:, 0].float()}
+
+    @torch.no_grad()
+    def _rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Generate, truncate, score, and compute the per-token rewards, advantages and returns of one batch."""
+        args = self.args
+        context_length = queries.shape[1]
+        raw_responses = self._generate(queries, query_mask, args.temperature)
+        responses, lengths, has_stop = truncate_after_stop(raw_responses, self.stop_token_id, self.pad_token_id)
+        if self.penalised_stop_id != self.stop_token_id:
+            has_stop = (lengths_to_mask(lengths, responses.shape[1]) & (responses == self.penalised_stop_id)).any(1)
+        response_mask = lengths_to_mask(lengths, responses.shape[1])
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+
+        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
+        logprobs, ref_logprobs, values, scores, means, stds = [], [], [], [], [], []
+        chunk = args.local_rollout_forward_batch_size
+        for i in range(0, queries.shape[0], chunk):
+            ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
+            logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
+            with self._reference() as reference:
+                ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
+            # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
+            values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
+            scored = self.score(ids, mask)
+            scores.append(scored["scores"])
+            if "means" in scored:
+                means.append(scored["means"])
+                stds.append(scored["stds"])
+        logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+        values, raw_scores = torch.cat(values).float(), torch.cat(scores)
+
+        scores = apply_missing_stop_penalty(raw_scores, has_stop, args.missing_eos_penalty)
+        kl = kl_penalty(logprobs, ref_logprobs, args.kl_estimator) * response_mask
+        rewards, non_score_rewards = compute_rewards(kl, scores, lengths, args.kl_coef)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, response_mask, shift_mean=False) * response_mask
+        values = values * response_mask
+        advantages, returns = compute_gae(rewards, values, response_mask, args.gamma, args.lam)
+        advantages = whiten_advantages(advantages, response_mask)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "responses": responses,
+            "response_mask": response_mask,
+            "logprobs": logprobs,
+            "values": values,
+            "advantages": advantages,
+            "returns": returns,
+            "kl": kl,
+            "non_score_rewards": non_score_rewards,
+            "scores": scores,
+            "has_stop": has_stop,
+            "context_length": torch.tensor(context_length),
+        }
+        if means:
+            batch["means"], batch["stds"] = torch.cat(means), torch.cat(stds)
+        return batch
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Optimisation
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _ppo_epochs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`num_ppo_epochs` passes over the rollout, each split in `num_mini_batches` optimiser steps of
+        `gradient_accumulation_steps`-many micro-batches. Returns per-micro-batch statistics."""
+        args = self.args
+        model = self.model_wrapped
+        context_length = int(batch["context_length"])
+        is_deepspeed = self.is_deepspeed_enabled
+        stats = defaultdict(list)
+        self.model.train()
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(args.local_batch_size)
+            for mb_start in range(0, args.local_batch_size, args.local_mini_batch_size):
+                minibatch = order[mb_start : mb_start + args.local_mini_batch_size]
+                for step, micro_start in enumerate(range(0, len(minibatch), self.micro_batch_size)):
+                    idx = minibatch[micro_start : micro_start + self.micro_batch_size].to(
+                        batch["input_ids"].device
+                    )
+                    last_micro = step == self.grad_accum_steps - 1
+                    self.accelerator.gradient_state._set_sync_gradients(last_micro)
+                    sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
+                    with sync:
+                        logits, vpred = model(
+                            input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx]
+                        )
+                        logits = logits[:, context_length - 1 : -1]
+                        new_logprobs = token_logprobs(logits, batch["responses"][idx], args.temperature)
+                        vpred = vpred[:, context_length - 1 : -1]
+                        mask = batch["response_mask"][idx]
+                        pg_loss, pg_clipfrac, approxkl = policy_loss(
+                            new_logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, args.cliprange
+                        )
+                        vf_loss, vf_clipfrac = value_loss(
+                            vpred, batch["values"][idx], batch["returns"][idx], mask, args.cliprange_value
+                        )
+                        loss = (pg_loss + args.vf_coef * vf_loss) / self.grad_accum_steps
+                        kwargs = {"scale_wrt_gas": False} if is_deepspeed else {}
+                        self.accelerator.backward(loss, **kwargs)
+                    with torch.no_grad():
+                        stats["pg_loss"].append(pg_loss.detach())
+                        stats["vf_loss"].append(vf_loss.detach())
+                        stats["pg_clipfrac"].append(pg_clipfrac)
+                        stats["vf_clipfrac"].append(vf_clipfrac)
+                        stats["approxkl"].append(approxkl)
+                        stats["entropy"].append(
+                            masked_mean(entropy_from_logits(logits.detach() / args.temperature), mask)
+                        )
+                        stats["ratio"].append(
+                            masked_mean(torch.exp(new_logprobs.detach() - batch["logprobs"][idx]), mask)
+                        )
+                    del logits, vpred, new_logprobs, loss
+                if not is_deepspeed and args.max_grad_norm is not None and args.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        return {name: torch.stack(values) for name, values in stats.items()}
+
+    def _metrics(self, batch: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        gather = self.accelerator.gather_for_metrics
+        mask = batch["response_mask"].float()
+
+        def mean(t: torch.Tensor) -> float:
+            return gather(t.detach().float().reshape(-1)).mean().item()
+
+        kl_per_sample = batch["kl"].sum(1)
+        non_score = batch["non_score_rewards"].sum(1)
+        scores = batch["scores"]
+        ratios = gather(stats["ratio"].float())
+        metrics = {
+            "eps": int(self._session_episodes / max(time.time() - self._start_time, 1e-9)),
+            "objective/kl": mean(kl_per_sample),
+            "objective/entropy": mean((-batch["logprobs"] * mask).sum(1)),
+            "objective/non_score_reward": mean(non_score),
+            "objective/rlhf_reward": mean(non_score + scores),
+            "objective/scores": mean(scores),
+            "policy/approxkl_avg": mean(stats["approxkl"]),
+            "policy/clipfrac_avg": mean(stats["pg_clipfrac"]),
+            "loss/policy_avg": mean(stats["pg_loss"]),
+            "loss/value_avg": mean(stats["vf_loss"]),
+            "val/clipfrac_avg": mean(stats["vf_clipfrac"]),
+            "policy/entropy_avg": mean(stats["entropy"]),
+            "val/ratio": ratios.mean().item(),
+            "val/ratio_var": ratios.var().item() if ratios.numel() > 1 else 0.0,
+            "val/num_eos_tokens": int(gather(batch["has_stop"].long()).sum().item()),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "episode": self.state.episode,
+        }
+        if "means" in batch:
+            metrics.update(self._robust_metrics(gather(batch["means"]), gather(batch["stds"])))
+        return metrics
+
+    def _robust_metrics(self, means: torch.Tensor, stds: torch.Tensor) -> dict[str, float]:
+        """The BRME heads' view of the rollout: every aggregation (with this config's parameters), the mean predicted
+        std, the heads' disagreement (std over heads of their means) and each head's mean."""
+        metrics = {}
+        for name in reward_aggregations.AGGREGATIONS:
+            params = {
+                "robust": {"robust_lambda": self.args.robust_lambda},
+                "uwo": {"c": self.args.uwo_coef},
+                "kl_dro": {"beta": self.args.kl_dro_beta},
+            }.get(name, {})
+            metrics[f"robust/{name}"] = reward_aggregations.aggregate(name, means, stds, **params).mean().item()
+        metrics["robust/mean_std"] = stds.mean().item()
+        metrics["robust/head_disagreement"] = means.std(dim=-1, unbiased=False).mean().item()
+        for k in range(means.shape[1]):
+            metrics[f"robust/head_{k}_mean"] = means[:, k].mean().item()
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Training loop
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> None:
+        """Run `num_total_batches` PPO updates: rollout -> score -> rewards -> GAE -> PPO epochs."""
+        args = self.args
+        self.state.max_steps = args.num_total_batches
+        self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
+        self.state.logging_steps = self._absolute_steps(args.logging_steps)
+        self.state.save_steps = self._absolute_steps(args.save_steps)
+        self.state.eval_steps = self._absolute_steps(args.eval_steps)
+        self.state.global_step = 0
+        self.state.episode = 0
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint)
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        self._start_time, self._session_episodes = time.time(), 0
+
+        for update in range(self.state.global_step, args.num_total_batches):
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
+            self.model.eval()
+            batch = self._rollout(queries, query_mask)
+            _empty_cache()
+            stats = self._ppo_epochs(batch)
+            _empty_cache()
+
+            self.state.episode += args.batch_size
+            self._session_episodes += args.batch_size
+            self.state.global_step += 1
+            self.state.epoch = self.state.episode / self.train_dataset_len
+            metrics = self._metrics(batch, stats)
+            del batch, stats
+            self.lr_scheduler.step()
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if self.control.should_log:
+                self.log(metrics)
+                self.control.should_log = False
+            if self.control.should_save:
+                self._save_checkpoint(self.model, trial=None)
+                self.control = self.callback_handler.on_save(args, self.state, self.control)
+            if args.num_sample_generations > 0 and update % self.sample_generations_freq == 0:
+                self.generate_completions()
+            _empty_cache()
+            if self.control.should_training_stop:
+                break
+
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+
+    def _absolute_steps(self, steps: float | None) -> int | None:
+        if steps is None:
+            return None
+        return math.ceil(self.state.max_steps * steps) if steps < 1 else int(steps)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Sample completions, saving, resuming
+    # ---------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_completions(self, num_prompts: int = 4) -> list[dict[str, Any]]:
+        """Answer a few `eval_dataset` prompts at near-zero temperature, score them, and print a table on the main
+        process. Returns the rows (on every process, its own)."""
+        if self.eval_dataset is None:
+            return []
+        rows = [self.eval_dataset[i] for i in range(min(num_prompts, len(self.eval_dataset)))]
+        queries, query_mask = (t.to(self.accelerator.device) for t in self._collate(rows))
+        self.model.eval()
+        responses = self._generate(queries, query_mask, temperature=0.01)
+        responses, lengths, _ = truncate_after_stop(responses, self.stop_token_id, self.pad_token_id)
+        response_mask = lengths_to_mask(lengths, responses.shape[1]).long()
+        scores = self.score(torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1))["scores"]
+        table = [
+            {
+                "query": self.tokenizer.decode(q[m.bool()], skip_special_tokens=True),
+                "model response": self.tokenizer.decode(r[: int(n)]),
+                "score": float(s),
+            }
+            for q, m, r, n, s in zip(queries, query_mask, responses, lengths, scores, strict=True)
+        ]
+        if self.accelerator.is_main_process and is_rich_available():
+            from rich.console import Console
+            from rich.table import Table
+
+            rich_table = Table(show_lines=True)
+            for column in ("query", "model response", "score"):
+                rich_table.add_column(column)
+            for row in table:
+                rich_table.add_row(row["query"], row["model response"], f"{row['score']:.4f}")
+            Console().print(rich_table)
+        return table
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the policy alone (safetensors, with its config and the tokenizer), loadable with `from_pretrained`.
+        Under DeepSpeed the full weights are gathered from every rank first (ZeRO-3 needs
+        `stage3_gather_16bit_weights_on_model_save`)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        state_dict = None
+        if self.is_deepspeed_enabled:
+            full = self.accelerator.get_state_dict(self.deepspeed)  # collective: every rank must call it
+            prefix = "policy."
+            state_dict = {k[len(prefix) :]: v for k, v in (full or {}).items() if k.startswith(prefix)}
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            policy = self.accelerator.unwrap_model(self.model_wrapped).policy
+            policy.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _resume(self, checkpoint: str | bool) -> None:
+        raise NotImplementedError("resume_from_checkpoint is not supported yet.")

@@ -1,0 +1,320 @@
+"""RobustPPOTrainer end to end on tiny Llama models (CPU, a few updates each).
+
+The models are built by hand so that the outcome is known in advance:
+- the policy samples almost only among four CANDIDATES (a big shared embedding component and four large lm_head rows),
+- the reward model scores the fraction of TARGET tokens in the sequence (its first layer attends uniformly and copies
+  "is TARGET" into one hidden dimension, which the head reads at the last token), so PPO should learn to say TARGET,
+- a BRME reward with constant heads has a score that can be written down by hand.
+"""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
+
+from tests.conftest import tiny_text_config
+from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
+from trl_robust.robust_ppo_trainer import left_pad
+
+CANDIDATES = [100, 101, 102, 103]
+TARGET = 100
+
+OLD_METRICS = [
+    "eps",
+    "objective/kl",
+    "objective/entropy",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/scores",
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "policy/entropy_avg",
+    "val/ratio",
+    "val/ratio_var",
+    "val/num_eos_tokens",
+    "lr",
+    "episode",
+]
+
+
+def _config(tokenizer, num_labels=None):
+    config = tiny_text_config("llama", len(tokenizer))
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    if num_labels is not None:
+        config.num_labels = num_labels
+    return config
+
+
+def make_policy(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_config(tokenizer))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] += 10.0  # every hidden state points mostly along dimension 0 ...
+        model.lm_head.weight[CANDIDATES] = 0.0
+        model.lm_head.weight[CANDIDATES, 0] = 3.0  # ... which these four rows read: ~99.9% of the mass on them
+    return model
+
+
+def make_token_fraction_rm(tokenizer, seed=0):
+    """Score = 4 f / sqrt(1 + f^2), f = fraction of TARGET tokens among the real tokens."""
+    torch.manual_seed(seed)
+    config = _config(tokenizer, num_labels=1)
+    model = LlamaForSequenceClassification(config)
+    h = config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, layer.mlp.down_proj):
+                linear.weight.zero_()
+        attn = model.model.layers[0].self_attn
+        attn.v_proj.weight[2, 0] = 1.0 / math.sqrt(h)
+        attn.o_proj.weight[2, 2] = 1.0
+        embed = model.model.embed_tokens.weight
+        embed.zero_()
+        embed[:, 1] = 1.0
+        embed[TARGET, 1] = 0.0
+        embed[TARGET, 0] = 1.0
+        model.score.weight.zero_()
+        model.score.weight[0, 2] = 4.0 / math.sqrt(h)
+    return model
+
+
+def make_value_model(tokenizer, seed=1):
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(_config(tokenizer, num_labels=1))
+
+
+MEANS = [1.0, 0.5, -0.3]
+RAW_STDS = [0.5, -1.0, 1.5]  # head 1 is the most confident
+
+
+def make_constant_brme(tokenizer, seed=2):
+    torch.manual_seed(seed)
+    model = BRMERewardModel(BRMEConfig(text_config=_config(tokenizer).to_dict(), num_heads=3))
+    with torch.no_grad():
+        model.score.weight.zero_()
+        model.score.bias.copy_(torch.tensor(MEANS + RAW_STDS))
+    return model
+
+
+def tokenized_prompts(tokenizer, n=16):
+    return Dataset.from_dict({"input_ids": [tokenizer(f"hello world {i}")["input_ids"] for i in range(n)]})
+
+
+class LogRecorder(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=2,
+        response_length=6,
+        learning_rate=3e-2,
+        kl_coef=0.01,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        num_sample_generations=0,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return RobustPPOConfig(**values)
+
+
+def test_learns_an_easy_reward_changes_params_logs_old_metrics_and_saves(tmp_path, smol_tokenizer):
+    policy = make_policy(smol_tokenizer)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    recorder = LogRecorder()
+    trainer = RobustPPOTrainer(
+        args=_args(tmp_path, total_episodes=8 * 6),
+        processing_class=smol_tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=make_token_fraction_rm(smol_tokenizer),
+        train_dataset=tokenized_prompts(smol_tokenizer),
+        value_model=make_value_model(smol_tokenizer),
+        callbacks=[recorder],
+    )
+    trainer.train()
+
+    logs = [log for log in recorder.logs if "objective/scores" in log]
+    assert len(logs) == 6
+    scores = [log["objective/scores"] for log in logs]
+    assert scores[-1] > scores[0] + 0.5, scores  # ~0.6 at the start; TARGET-only responses score ~2.2
+    for name in OLD_METRICS:
+        assert name in logs[-1], name
+    assert logs[-1]["episode"] == 48
+    assert not any(key.startswith("robust/") for key in logs[-1])
+    changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert "lm_head.weight" in changed and len(changed) > 5
+
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    saved = load_file(out / "model.safetensors")
+    assert torch.equal(saved["lm_head.weight"], policy.lm_head.weight.detach())
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(reloaded, LlamaForCausalLM)
+    assert not any(key.startswith("value_model") for key in saved)
+
+
+def old_trl_ppo_script(PPOConfig, PPOTrainer, output_dir, tokenizer, policy, ref_policy, reward_model, value_model):
+    """A TRL 1.12 `examples/scripts/ppo/ppo.py`-style script body; only the two classes are injected."""
+    tokenizer.padding_side = "left"
+    dataset = Dataset.from_dict({"prompt": [f"Tell me about item {i}." for i in range(12)]})
+
+    def tokenize(element):
+        outputs = tokenizer(element["prompt"], padding=False)
+        return {"input_ids": outputs["input_ids"]}
+
+    train_dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
+    eval_dataset = train_dataset.select(range(4))
+    training_args = PPOConfig(
+        output_dir=output_dir,
+        learning_rate=3e-6,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_mini_batches=2,
+        total_episodes=8,
+        local_rollout_forward_batch_size=4,
+        response_length=6,
+        stop_token="eos",
+        missing_eos_penalty=1.0,
+        kl_estimator="k3",
+        num_ppo_epochs=1,
+        num_sample_generations=1,
+        report_to="none",
+    )
+    trainer = PPOTrainer(
+        args=training_args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        train_dataset=train_dataset,
+        value_model=value_model,
+        eval_dataset=eval_dataset,
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    trainer.generate_completions()
+    return trainer
+
+
+def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tokenizer):
+    from trl_robust import RobustPPOConfig as PPOConfig
+    from trl_robust import RobustPPOTrainer as PPOTrainer
+
+    assert smol_tokenizer.pad_token_id == smol_tokenizer.eos_token_id  # the pad == eos case of the checklist
+    trainer = old_trl_ppo_script(
+        PPOConfig,
+        PPOTrainer,
+        str(tmp_path / "ppo"),
+        smol_tokenizer,
+        make_policy(smol_tokenizer),
+        make_policy(smol_tokenizer),
+        make_token_fraction_rm(smol_tokenizer),
+        make_value_model(smol_tokenizer),
+    )
+    assert trainer.state.global_step == 1 and trainer.args.batch_size == 8
+    assert trainer.args.local_mini_batch_size == 4 and trainer.args.mini_batch_size == 4
+    assert trainer.stop_token_id == smol_tokenizer.eos_token_id
+    assert (tmp_path / "ppo" / "model.safetensors").exists()
+
+
+def test_brme_reward_scores_with_the_configured_aggregation_and_logs_robust_metrics(tmp_path, smol_tokenizer):
+    recorder = LogRecorder()
+    prompts = Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": f"Say something nice {i}."}] for i in range(8)]}
+    )
+    trainer = RobustPPOTrainer(
+        _args(tmp_path, total_episodes=8, num_ppo_epochs=1, reward_aggregation="uwo", uwo_coef=0.5),
+        smol_tokenizer,
+        make_policy(smol_tokenizer),
+        None,
+        make_constant_brme(smol_tokenizer),
+        prompts,
+        make_constant_brme(smol_tokenizer, seed=3),  # a BRME is accepted as the value model too
+        callbacks=[recorder],
+    )
+    # the conversational prompts went through the chat template with the generation prompt
+    first = smol_tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+    assert first.endswith("<|im_start|>assistant\n") and "Say something nice 0." in first
+    trainer.train()
+    log = recorder.logs[-1]
+
+    means = torch.tensor(MEANS)
+    stds = torch.nn.functional.softplus(torch.tensor(RAW_STDS)) + 1e-3
+    nominal, worst = 0.5, -0.3
+    var = means.var(unbiased=False).item()
+    assert log["robust/nominal"] == pytest.approx(nominal, abs=1e-5)
+    assert log["robust/worst"] == pytest.approx(worst, abs=1e-5)
+    assert log["robust/robust"] == pytest.approx(0.4 * nominal + 0.6 * worst, abs=1e-5)
+    assert log["robust/mean"] == pytest.approx(means.mean().item(), abs=1e-5)
+    assert log["robust/uwo"] == pytest.approx(means.mean().item() - 0.5 * var, abs=1e-5)
+    kl_dro = -math.log(torch.exp(-means).mean().item())
+    assert log["robust/kl_dro"] == pytest.approx(kl_dro, abs=1e-5)
+    assert log["robust/mean_std"] == pytest.approx(stds.mean().item(), abs=1e-5)
+    assert log["robust/head_disagreement"] == pytest.approx(math.sqrt(var), abs=1e-5)
+    for k, mu in enumerate(MEANS):
+        assert log[f"robust/head_{k}_mean"] == pytest.approx(mu, abs=1e-5)
+    # the optimised score is the configured aggregation (UWO with c = 0.5)
+    assert log["objective/scores"] == pytest.approx(means.mean().item() - 0.5 * var, abs=1e-5)
+
+
+def test_batch_size_errors_name_the_fields(tmp_path, smol_tokenizer):
+    def build(**overrides):
+        return RobustPPOTrainer(
+            _args(tmp_path, **overrides),
+            smol_tokenizer,
+            make_policy(smol_tokenizer),
+            None,
+            make_token_fraction_rm(smol_tokenizer),
+            tokenized_prompts(smol_tokenizer),
+            make_value_model(smol_tokenizer),
+        )
+
+    with pytest.raises(ValueError, match="num_mini_batches"):
+        build(per_device_train_batch_size=6, num_mini_batches=4)
+    with pytest.raises(ValueError, match="fewer than one update's batch_size"):
+        build(per_device_train_batch_size=8, gradient_accumulation_steps=4)
+
+
+def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenizer):
+    rm = make_token_fraction_rm(smol_tokenizer)
+    trainer = RobustPPOTrainer(
+        _args(tmp_path),
+        smol_tokenizer,
+        make_policy(smol_tokenizer),
+        None,
+        rm,
+        tokenized_prompts(smol_tokenizer),
+        make_value_model(smol_tokenizer),
+    )
+    eos = smol_tokenizer.eos_token_id
+    rows = [[5, 6, TARGET, TARGET, eos], [7, TARGET, eos], [TARGET, 8, 9, 10, 11, 12]]
+    ids, mask = left_pad(rows, eos)  # pad == eos: padding and the final EOS look alike
+    padded = trainer.score(ids, mask)["scores"]
+    for row, score in zip(rows, padded, strict=True):
+        alone = trainer.score(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long))["scores"][0]
+        assert score.item() == pytest.approx(alone.item(), abs=1e-5)
+        f = row.count(TARGET) / len(row)
+        assert score.item() == pytest.approx(4 * f / math.sqrt(1 + f * f), abs=1e-4)
