@@ -148,3 +148,12 @@ def test_from_backbone_keeps_the_attention_implementation(tmp_path):
     assert BRMERewardModel.from_backbone(str(tmp_path)).config.text_config._attn_implementation == "sdpa"
     eager = BRMERewardModel.from_backbone(str(tmp_path), attn_implementation="eager")
     assert eager.config.text_config._attn_implementation == "eager"
+
+
+def test_no_mask_means_no_padding_even_when_pad_is_eos():
+    model = make_model()
+    model.config.text_config.pad_token_id = 7
+    ids = torch.tensor([[3, 4, 5, 7]])  # ends with EOS == pad, as SmolLM2's tokenizer sets it
+    torch.testing.assert_close(
+        model(input_ids=ids).means, model(input_ids=ids, attention_mask=torch.ones_like(ids)).means
+    )

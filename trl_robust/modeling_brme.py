@@ -158,21 +158,18 @@ class BRMERewardModel(PreTrainedModel):
         model.score.to(device=backbone.device, dtype=backbone.dtype)
         return model
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None):
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Pick one feature vector per sequence: the first token, or the last real (non-padding) token."""
-        batch = torch.arange(hidden.shape[0], device=hidden.device)
         if self.config.pooling == "first":
             return hidden[:, 0]
-        if attention_mask is not None:
-            # Highest position holding a real token: right for left padding, right padding and pad == eos alike.
-            positions = torch.arange(hidden.shape[1], device=hidden.device)
-            last = (attention_mask.to(hidden.device).long() * positions).argmax(-1)
-        elif input_ids is not None and self.config.text_config.pad_token_id is not None:
-            non_pad = (input_ids != self.config.text_config.pad_token_id).long().to(hidden.device)
-            last = (non_pad * torch.arange(hidden.shape[1], device=hidden.device)).argmax(-1)
-        else:
-            last = torch.full_like(batch, hidden.shape[1] - 1)
-        return hidden[batch, last]
+        if attention_mask is None:
+            # No mask means no padding (the transformers convention); looking for pad ids instead would misread an EOS
+            # that doubles as the pad token.
+            return hidden[:, -1]
+        # Highest position holding a real token: right for left padding, right padding and pad == eos alike.
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.to(hidden.device).long() * positions).argmax(-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def forward(
         self,
@@ -202,7 +199,7 @@ class BRMERewardModel(PreTrainedModel):
         if getattr(self.config.text_config, "is_decoder", False) or self.config.pooling == "last":
             backbone_kwargs["use_cache"] = False if use_cache is None else use_cache
         out = self.backbone(**backbone_kwargs)
-        features = self.pool(out.last_hidden_state, input_ids, attention_mask)
+        features = self.pool(out.last_hidden_state, attention_mask)
         means, stds = self.score(features)
         nominal = rewards.nominal(means, stds)
         worst = rewards.worst(means)
