@@ -318,3 +318,35 @@ def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenize
         assert score.item() == pytest.approx(alone.item(), abs=1e-5)
         f = row.count(TARGET) / len(row)
         assert score.item() == pytest.approx(4 * f / math.sqrt(1 + f * f), abs=1e-4)
+
+
+def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
+    def build(name):
+        args = _args(tmp_path, output_dir=str(tmp_path / name), total_episodes=24, save_strategy="steps", save_steps=2)
+        return RobustPPOTrainer(
+            args,
+            smol_tokenizer,
+            make_policy(smol_tokenizer),
+            None,
+            make_token_fraction_rm(smol_tokenizer),
+            tokenized_prompts(smol_tokenizer),
+            make_value_model(smol_tokenizer),
+        )
+
+    full = build("full")
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").exists() and (checkpoint / "optimizer.pt").exists()
+
+    resumed = build("resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 3 and resumed.state.episode == 24
+    for (name, a), (_, b) in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):  # policy and value model
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    last_full = [log for log in full.state.log_history if "objective/scores" in log][-1]
+    last_resumed = [log for log in resumed.state.log_history if "objective/scores" in log][-1]
+    assert last_resumed["episode"] == last_full["episode"] == 24
+    for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
+        assert last_resumed[key] == pytest.approx(last_full[key], abs=1e-6), key

@@ -22,7 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import is_peft_available, is_rich_available, logging
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
@@ -37,6 +40,8 @@ if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
 
 logger = logging.get_logger(__name__)
+
+_STATE = "policy_and_value.pt"  # full policy + value weights in non-DeepSpeed checkpoints, for resuming
 
 # --------------------------------------------------------------------------------------------------------------------
 # PPO math
@@ -759,9 +764,7 @@ class RobustPPOTrainer(_BaseTrainer):
             for mb_start in range(0, args.local_batch_size, args.local_mini_batch_size):
                 minibatch = order[mb_start : mb_start + args.local_mini_batch_size]
                 for step, micro_start in enumerate(range(0, len(minibatch), self.micro_batch_size)):
-                    idx = minibatch[micro_start : micro_start + self.micro_batch_size].to(
-                        batch["input_ids"].device
-                    )
+                    idx = minibatch[micro_start : micro_start + self.micro_batch_size].to(batch["input_ids"].device)
                     last_micro = step == self.grad_accum_steps - 1
                     self.accelerator.gradient_state._set_sync_gradients(last_micro)
                     sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
@@ -891,11 +894,13 @@ class RobustPPOTrainer(_BaseTrainer):
             if self.control.should_log:
                 self.log(metrics)
                 self.control.should_log = False
+            # Sample completions before saving: they draw random numbers, and the checkpoint's RNG state must be the
+            # one the next update starts from, for a resumed run to continue exactly as an uninterrupted one.
+            if args.num_sample_generations > 0 and update % self.sample_generations_freq == 0:
+                self.generate_completions()
             if self.control.should_save:
                 self._save_checkpoint(self.model, trial=None)
                 self.control = self.callback_handler.on_save(args, self.state, self.control)
-            if args.num_sample_generations > 0 and update % self.sample_generations_freq == 0:
-                self.generate_completions()
             _empty_cache()
             if self.control.should_training_stop:
                 break
@@ -965,5 +970,40 @@ class RobustPPOTrainer(_BaseTrainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """A checkpoint holds the policy (as `save_model` writes it), optimizer, scheduler, RNG and trainer state
+        (Trainer's own), plus what resuming needs beyond them: the policy and value weights in full precision
+        (`policy_and_value.pt`; under DeepSpeed its own checkpoint holds them)."""
+        super()._save_checkpoint(model, trial)
+        if not self.is_deepspeed_enabled and self.args.should_save:
+            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            torch.save(self.accelerator.unwrap_model(self.model_wrapped).state_dict(), os.path.join(checkpoint, _STATE))
+        self.accelerator.wait_for_everyone()
+
     def _resume(self, checkpoint: str | bool) -> None:
-        raise NotImplementedError("resume_from_checkpoint is not supported yet.")
+        """Restore weights, optimizer, scheduler, RNG and step counters from a checkpoint of this trainer."""
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint.")
+        if not os.path.isdir(checkpoint):
+            raise ValueError(f"Checkpoint {checkpoint!r} is not a directory.")
+        if self.is_deepspeed_enabled:
+            deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=True)
+        else:
+            path = os.path.join(checkpoint, _STATE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{checkpoint!r} has no {_STATE}: it was not written by RobustPPOTrainer.")
+            state_dict = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+            self.accelerator.unwrap_model(self.model_wrapped).load_state_dict(state_dict)
+        self._load_optimizer_and_scheduler(checkpoint)
+        self._load_rng_state(checkpoint)
+        saved = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if saved.global_step > self.args.num_total_batches:
+            raise ValueError(
+                f"{checkpoint!r} is at update {saved.global_step}, past this run's {self.args.num_total_batches}."
+            )
+        self.state.global_step = saved.global_step
+        self.state.log_history = saved.log_history
+        self.state.episode = saved.global_step * self.args.batch_size
+        self.state.epoch = self.state.episode / self.train_dataset_len
