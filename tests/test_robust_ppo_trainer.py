@@ -350,3 +350,31 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
     assert last_resumed["episode"] == last_full["episode"] == 24
     for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
         assert last_resumed[key] == pytest.approx(last_full[key], abs=1e-6), key
+
+
+def test_lora_policy_uses_the_adapter_free_model_as_reference(tmp_path, smol_tokenizer):
+    peft = pytest.importorskip("peft")
+    recorder = LogRecorder()
+    policy = make_policy(smol_tokenizer)
+    base_before = policy.lm_head.weight.detach().clone()
+    trainer = RobustPPOTrainer(
+        _args(tmp_path, total_episodes=16, gradient_checkpointing=True),
+        smol_tokenizer,
+        policy,
+        None,
+        make_token_fraction_rm(smol_tokenizer),
+        tokenized_prompts(smol_tokenizer),
+        make_value_model(smol_tokenizer),
+        callbacks=[recorder],
+        peft_config=peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert trainer.is_peft_model and trainer.ref_model is None
+    lora_before = {k: v.detach().clone() for k, v in trainer.policy_model.named_parameters() if "lora_B" in k}
+    trainer.train()
+    logs = [log for log in recorder.logs if "objective/kl" in log]
+    assert logs[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the identity: policy == ref
+    lora_after = dict(trainer.policy_model.named_parameters())
+    assert any(not torch.equal(lora_after[k], v) for k, v in lora_before.items())
+    assert torch.equal(trainer.policy_model.get_base_model().lm_head.weight, base_before)  # base stays frozen
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
