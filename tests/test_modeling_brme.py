@@ -157,3 +157,12 @@ def test_no_mask_means_no_padding_even_when_pad_is_eos():
     torch.testing.assert_close(
         model(input_ids=ids).means, model(input_ids=ids, attention_mask=torch.ones_like(ids)).means
     )
+
+
+def test_wrapping_a_live_backbone_keeps_its_attention():
+    from transformers import LlamaModel
+
+    backbone = LlamaModel(tiny_text_config("llama", 128))
+    assert backbone.config._attn_implementation == "sdpa"
+    model = BRMERewardModel(BRMEConfig(text_config=backbone.config), backbone=backbone)
+    assert backbone.config._attn_implementation == "sdpa" == model.config.text_config._attn_implementation

@@ -52,7 +52,12 @@ class BRMEConfig(PreTrainedConfig):
     num_labels: int = 1
 
     def __post_init__(self, **kwargs):
+        # The composite config resets its sub-config's attention implementation, and `text_config` may be a live
+        # model's config object: keep what it was set to (else that model falls back to eager attention).
+        attn = getattr(self.text_config, "_attn_implementation", None)
         super().__post_init__(**kwargs)
+        if attn is not None and "attn_implementation" not in kwargs:
+            self.text_config._attn_implementation = attn
         if self.pooling is None:
             is_encoder = self.text_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
             self.pooling = "first" if is_encoder and not self.text_config.is_decoder else "last"

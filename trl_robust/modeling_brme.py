@@ -141,7 +141,6 @@ class BRMERewardModel(PreTrainedModel):
                 "BRMERewardModel.from_pretrained instead of from_backbone."
             )
         backbone = AutoModel.from_pretrained(pretrained_model_name_or_path, **from_pretrained_kwargs)
-        attn_implementation = backbone.config._attn_implementation
         config = BRMEConfig(
             text_config=backbone.config,
             num_heads=num_heads,
@@ -150,9 +149,6 @@ class BRMERewardModel(PreTrainedModel):
             init_std=init_std,
             pooling=pooling,
         )
-        # A new composite config resets its sub-configs' attention implementation to None, and `text_config` is the
-        # backbone's own config object: restore what the backbone was loaded with (else eager, with a warning).
-        config.text_config._attn_implementation = attn_implementation
         config._name_or_path = str(pretrained_model_name_or_path)
         model = cls(config, backbone=backbone)
         model.score.to(device=backbone.device, dtype=backbone.dtype)
