@@ -35,8 +35,10 @@ class RobustPPOConfig(_BaseConfig):
     num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
     total_episodes: int | None = field(
         default=None,
-        metadata={"help": "Total number of episodes (prompts answered) to train on; defaults to num_train_epochs "
-                  "passes over the dataset."},
+        metadata={
+            "help": "Total number of episodes (prompts answered) to train on; defaults to num_train_epochs "
+            "passes over the dataset."
+        },
     )
     local_rollout_forward_batch_size: int = field(
         default=64, metadata={"help": "Per-rank batch size of the no-grad forwards (and generation) of the rollout."}
@@ -61,7 +63,8 @@ class RobustPPOConfig(_BaseConfig):
     sft_model_path: str = field(
         default="EleutherAI/pythia-160m", metadata={"help": "Path to the SFT model (kept for old scripts)."}
     )
-    world_size: int | None = field(default=None, metadata={"help": "Number of processes (set by the trainer)."})
+    # TRL 1.12's `world_size` field is not redeclared: it would shadow `TrainingArguments.world_size`, the property
+    # that transformers' DeepSpeed integration reads; `args.world_size` still gives the number of processes.
     num_total_batches: int | None = field(
         default=None, metadata={"help": "Number of PPO updates in the run (set by the trainer)."}
     )
@@ -70,8 +73,10 @@ class RobustPPOConfig(_BaseConfig):
     )
     local_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Episodes per rank per update: per_device_train_batch_size * gradient_accumulation_steps "
-                  "(set by the trainer)."},
+        metadata={
+            "help": "Episodes per rank per update: per_device_train_batch_size * gradient_accumulation_steps "
+            "(set by the trainer)."
+        },
     )
     batch_size: int | None = field(
         default=None, metadata={"help": "Episodes per update over all ranks (set by the trainer)."}
@@ -98,8 +103,11 @@ class RobustPPOConfig(_BaseConfig):
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (per token)."})
     kl_estimator: Literal["k1", "k3"] = field(
         default="k1",
-        metadata={"help": "KL estimator: 'k1' (log ratio, unbiased, can be negative) or 'k3' (lower variance, "
-                  "always >= 0); see http://joschu.net/blog/kl-approx.html.", "choices": ["k1", "k3"]},
+        metadata={
+            "help": "KL estimator: 'k1' (log ratio, unbiased, can be negative) or 'k3' (lower variance, "
+            "always >= 0); see http://joschu.net/blog/kl-approx.html.",
+            "choices": ["k1", "k3"],
+        },
     )
     cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
     vf_coef: float = field(default=0.1, metadata={"help": "Value loss coefficient."})
@@ -108,16 +116,21 @@ class RobustPPOConfig(_BaseConfig):
     lam: float = field(default=0.95, metadata={"help": "Lambda of generalised advantage estimation (GAE)."})
     ds3_gather_for_generation: bool = field(
         default=True,
-        metadata={"help": "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (fast); False "
-                  "generates from sharded weights (slow, for models larger than one device)."},
+        metadata={
+            "help": "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (fast); False "
+            "generates from sharded weights (slow, for models larger than one device)."
+        },
     )
 
     # The robust reward.
     reward_aggregation: str = field(
         default="robust",
-        metadata={"help": "How a BRME's heads become the score: 'robust' (lambda * nominal + (1 - lambda) * worst), "
-                  "'nominal', 'worst', 'mean', 'uwo' (mean - c * var) or 'kl_dro'. Ignored for a plain reward "
-                  "model.", "choices": list(AGGREGATIONS)},
+        metadata={
+            "help": "How a BRME's heads become the score: 'robust' (lambda * nominal + (1 - lambda) * worst), "
+            "'nominal', 'worst', 'mean', 'uwo' (mean - c * var) or 'kl_dro'. Ignored for a plain reward "
+            "model.",
+            "choices": list(AGGREGATIONS),
+        },
     )
     robust_lambda: float = field(
         default=0.4, metadata={"help": "Weight of the nominal reward in 'robust' (1: nominal only, 0: worst only)."}

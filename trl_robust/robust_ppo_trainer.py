@@ -500,16 +500,16 @@ class RobustPPOTrainer(_BaseTrainer):
         self.user_collator = data_collator
 
         # Derived batch sizes, computed once. One update (one rollout) = batch_size episodes over all ranks.
-        args.world_size = self.accelerator.num_processes
+        world_size = self.accelerator.num_processes
         args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        args.micro_batch_size = args.per_device_train_batch_size * args.world_size
-        args.batch_size = args.local_batch_size * args.world_size
+        args.micro_batch_size = args.per_device_train_batch_size * world_size
+        args.batch_size = args.local_batch_size * world_size
         args.local_mini_batch_size = exact_div(
             args.local_batch_size,
             args.num_mini_batches,
             "per_device_train_batch_size * gradient_accumulation_steps must be divisible by num_mini_batches",
         )
-        args.mini_batch_size = args.local_mini_batch_size * args.world_size
+        args.mini_batch_size = args.local_mini_batch_size * world_size
         # Micro-batches of per_device_train_batch_size (or the whole minibatch when it is smaller, as with
         # num_mini_batches > gradient_accumulation_steps), accumulated into one optimiser step per minibatch.
         self.micro_batch_size = min(args.per_device_train_batch_size, args.local_mini_batch_size)
