@@ -74,9 +74,53 @@ def test_help_lists_fields_with_their_help(capsys):
 def test_shipped_recipes_only_use_valid_keys():
     from pathlib import Path
 
+    from trl_robust import RobustGRPOConfig, RobustRLOOConfig
     from trl_robust.brme_reward_config import BRMERewardConfig
     from trl_robust.recipe_parser import check_recipe
-    from trl_robust.script_args import ScriptArguments
+    from trl_robust.script_args import RLScriptArguments, ScriptArguments
 
-    for recipe in Path(__file__).parents[1].glob("recipes/**/brme*.yaml"):
-        check_recipe(yaml.safe_load(recipe.read_text()), (ScriptArguments, BRMERewardConfig), str(recipe))
+    kinds = {
+        "brme": (ScriptArguments, BRMERewardConfig),
+        "grpo": (RLScriptArguments, RobustGRPOConfig),
+        "rloo": (RLScriptArguments, RobustRLOOConfig),
+    }
+    recipes = list(Path(__file__).parents[1].glob("recipes/**/*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        kind = next((k for k in kinds if recipe.stem.startswith(k)), None)
+        if kind is not None:
+            check_recipe(yaml.safe_load(recipe.read_text()), kinds[kind], str(recipe))
+
+
+@pytest.mark.parametrize("command", ["grpo", "rloo"])
+def test_online_rl_subcommands_run_a_tiny_recipe(tmp_path, smol_tokenizer, command):
+    import json
+
+    from tests.robust_rl_helpers import save_policy, train_great_brme
+
+    policy = save_policy(tmp_path / "policy", smol_tokenizer)
+    brme = train_great_brme(tmp_path / "brme", smol_tokenizer)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Review {i}:"}) for i in range(8)))
+    recipe = write_recipe(
+        tmp_path / f"{command}.yaml",
+        model_name_or_path=str(policy),
+        reward_model_path=str(brme),
+        dataset_name=str(prompts),
+        dataset_test_split=None,
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        num_generations=2,
+        max_completion_length=4,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        reward_aggregation="worst",
+        per_device_train_batch_size=4,
+    )
+    assert cli.main([command, "--config", str(recipe)]) == 0
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    initial = LlamaForCausalLM.from_pretrained(policy)
+    changed = any(not torch.equal(a, b) for a, b in zip(saved.parameters(), initial.parameters(), strict=True))
+    assert changed

@@ -71,3 +71,32 @@ def load_splits(args: ScriptArguments) -> tuple[Dataset, Dataset | None]:
     if test is not None and args.max_eval_samples is not None:
         test = test.select(range(min(args.max_eval_samples, len(test))))
     return train, test
+
+
+@dataclass
+class RLScriptArguments(ScriptArguments):
+    """Model, reward model and prompt data of an online RL run."""
+
+    dataset_name: str = field(
+        default="hh-rlhf-harmless-last-turn",
+        metadata={
+            "help": "Prompt data with a 'prompt' column: 'hh-rlhf-harmless-last-turn' (shipped), a "
+            ".json/.jsonl/.parquet/.csv file, a folder saved with save_to_disk, or a hub dataset id."
+        },
+    )
+    reward_model_path: str = field(
+        default="outputs/recipes/quickstart-brme",
+        metadata={"help": "BRME checkpoint (trained with `trl-robust reward`) whose heads give the reward."},
+    )
+
+
+def prompts_only(dataset: Dataset | None, name: str) -> Dataset | None:
+    """The `prompt` column of a dataset (preference columns would reach the reward functions as extra kwargs)."""
+    if dataset is None:
+        return None
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"Online RL needs a 'prompt' column; dataset {name!r} has {sorted(dataset.column_names)}. For the shipped "
+            "data use 'hh-rlhf-harmless-last-turn'."
+        )
+    return dataset.select_columns(["prompt"])
