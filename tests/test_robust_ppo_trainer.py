@@ -7,6 +7,7 @@ The models are built by hand so that the outcome is known in advance:
 - a BRME reward with constant heads has a score that can be written down by hand.
 """
 
+import copy
 import math
 
 import pytest
@@ -219,16 +220,23 @@ def old_trl_ppo_script(PPOConfig, PPOTrainer, output_dir, tokenizer, policy, ref
     return trainer
 
 
-def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tokenizer):
+@pytest.mark.parametrize("pad", ["pad_is_eos", "added_pad"])
+def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tokenizer, pad):
     from trl_robust import RobustPPOConfig as PPOConfig
     from trl_robust import RobustPPOTrainer as PPOTrainer
 
-    assert smol_tokenizer.pad_token_id == smol_tokenizer.eos_token_id  # the pad == eos case of the checklist
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    if pad == "added_pad":
+        # TRL's old example added "[PAD]" without resizing the models: its id is past the embeddings here.
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        assert tokenizer.pad_token_id >= len(smol_tokenizer)
+    else:
+        assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the pad == eos case of the checklist
     trainer = old_trl_ppo_script(
         PPOConfig,
         PPOTrainer,
         str(tmp_path / "ppo"),
-        smol_tokenizer,
+        tokenizer,
         make_policy(smol_tokenizer),
         make_policy(smol_tokenizer),
         make_token_fraction_rm(smol_tokenizer),
@@ -236,7 +244,7 @@ def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tok
     )
     assert trainer.state.global_step == 1 and trainer.args.batch_size == 8
     assert trainer.args.local_mini_batch_size == 4 and trainer.args.mini_batch_size == 4
-    assert trainer.stop_token_id == smol_tokenizer.eos_token_id
+    assert trainer.stop_token_id == tokenizer.eos_token_id
     assert (tmp_path / "ppo" / "model.safetensors").exists()
 
 

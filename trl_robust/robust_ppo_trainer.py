@@ -305,18 +305,21 @@ def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask
 class PolicyAndValue(nn.Module):
     """Policy and value model in one module, so one `accelerator.prepare` (DDP / DeepSpeed) trains both."""
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module):
+    def __init__(self, policy: nn.Module, value_model: nn.Module, gradient_checkpointing_kwargs: dict | None = None):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
         self.config = policy.config  # read by Trainer utilities (model card, tags)
+        self.gradient_checkpointing_kwargs = gradient_checkpointing_kwargs
 
     @property
     def is_gradient_checkpointing(self) -> bool:
         return getattr(self.policy, "is_gradient_checkpointing", False)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
-        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        # TRL's generation context re-enables checkpointing without kwargs: keep the configured ones.
+        kwargs = gradient_checkpointing_kwargs or self.gradient_checkpointing_kwargs
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_disable(self):
         self.policy.gradient_checkpointing_disable()
@@ -465,6 +468,11 @@ class RobustPPOTrainer(_BaseTrainer):
                 raise ValueError("model is already a PeftModel; pass its base model with peft_config, or no config.")
             model = get_peft_model(model, peft_config)
         self.is_peft_model = is_peft_available() and isinstance(model, PeftModel)
+        # The id written at padding positions. Its value never matters (masks exclude those positions) but it must index
+        # the embeddings: a pad token added to the tokenizer without resizing the models (as TRL's old PPO example did
+        # with "[PAD]") would be out of range.
+        num_embeddings = model.get_input_embeddings().num_embeddings
+        self.filler_id = self.pad_token_id if self.pad_token_id < num_embeddings else 0
         if ref_model is None and not self.is_peft_model:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
@@ -477,6 +485,10 @@ class RobustPPOTrainer(_BaseTrainer):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
             if self.is_peft_model:
                 model.enable_input_require_grads()
+            if getattr(value_model, "supports_gradient_checkpointing", False):
+                value_model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs
+                )
         self.policy_model = model
         self.value_model = value_model
         self.ref_model = ref_model
@@ -488,7 +500,7 @@ class RobustPPOTrainer(_BaseTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, args, "eval")
 
         super().__init__(
-            model=PolicyAndValue(model, value_model),
+            model=PolicyAndValue(model, value_model, args.gradient_checkpointing_kwargs),
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
@@ -574,13 +586,13 @@ class RobustPPOTrainer(_BaseTrainer):
     def _collate(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded `(input_ids, attention_mask)` of some prompts."""
         if self.user_collator is None:
-            return left_pad([list(row["input_ids"]) for row in rows], self.pad_token_id)
+            return left_pad([list(row["input_ids"]) for row in rows], self.filler_id)
         batch = self.user_collator(rows)
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         # Left-align whatever padding side the collator used.
-        return left_pad([row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], self.pad_token_id)
+        return left_pad([row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], self.filler_id)
 
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's prompts for update `update` (0-based): a seeded shuffle per epoch, drop-last, so the data order
@@ -605,7 +617,7 @@ class RobustPPOTrainer(_BaseTrainer):
             top_k=0,
             top_p=1.0,
             eos_token_id=self.stop_token_id,
-            pad_token_id=self.pad_token_id,
+            pad_token_id=self.filler_id,
             bos_token_id=self.tokenizer.bos_token_id,
         )
 
@@ -616,7 +628,7 @@ class RobustPPOTrainer(_BaseTrainer):
         config = self._generation_config(temperature)
         chunk = self.args.local_rollout_forward_batch_size
         responses = torch.full(
-            (queries.shape[0], self.args.response_length), self.pad_token_id, dtype=torch.long, device=queries.device
+            (queries.shape[0], self.args.response_length), self.filler_id, dtype=torch.long, device=queries.device
         )
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
@@ -694,7 +706,7 @@ class RobustPPOTrainer(_BaseTrainer):
         args = self.args
         context_length = queries.shape[1]
         raw_responses = self._generate(queries, query_mask, args.temperature)
-        responses, lengths, has_stop = truncate_after_stop(raw_responses, self.stop_token_id, self.pad_token_id)
+        responses, lengths, has_stop = truncate_after_stop(raw_responses, self.stop_token_id, self.filler_id)
         if self.penalised_stop_id != self.stop_token_id:
             has_stop = (lengths_to_mask(lengths, responses.shape[1]) & (responses == self.penalised_stop_id)).any(1)
         response_mask = lengths_to_mask(lengths, responses.shape[1])
@@ -926,7 +938,7 @@ class RobustPPOTrainer(_BaseTrainer):
         queries, query_mask = (t.to(self.accelerator.device) for t in self._collate(rows))
         self.model.eval()
         responses = self._generate(queries, query_mask, temperature=0.01)
-        responses, lengths, _ = truncate_after_stop(responses, self.stop_token_id, self.pad_token_id)
+        responses, lengths, _ = truncate_after_stop(responses, self.stop_token_id, self.filler_id)
         response_mask = lengths_to_mask(lengths, responses.shape[1]).long()
         scores = self.score(torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1))["scores"]
         table = [
