@@ -1,7 +1,8 @@
 """
-RobustPPOTrainer under DeepSpeed ZeRO-2 and ZeRO-3: two CPU processes launched with `accelerate launch` and the
-package's `cpu_zero*.yaml` configs (DS_ACCELERATOR=cpu, gloo). Each run takes ~15 s on 2 cores once DeepSpeed's
-shared-memory op is compiled (~30 s, cached, on a machine's first launch).
+RobustPPOTrainer with two CPU processes: DeepSpeed ZeRO-2 and ZeRO-3 launched with `accelerate launch` and the
+package's `cpu_zero*.yaml` configs (DS_ACCELERATOR=cpu, gloo), and plain DDP launched with `torch.distributed.run`.
+Each run takes ~10-15 s on 2 cores once DeepSpeed's shared-memory op is compiled (~30 s, cached, on a machine's first
+launch).
 """
 
 import json
@@ -29,26 +30,25 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "reward"), [(2, "seqcls"), (3, "brme")], ids=["zero2-seqcls", "zero3-brme"])
-def test_robust_ppo_trains_and_saves_under_deepspeed(stage, reward, tmp_path):
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
+@pytest.mark.parametrize(
+    ("stage", "reward"), [(2, "seqcls"), (3, "brme"), (None, "brme")], ids=["zero2-seqcls", "zero3-brme", "ddp-brme"]
+)
+def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        config_path(f"cpu_zero{stage}"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPT),
-        "--output_dir",
-        str(out),
-        "--reward",
-        reward,
-    ]
+    if stage is None:  # plain DDP over gloo, two CPU processes
+        launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    else:
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
+        launcher = [
+            "accelerate.commands.launch",
+            "--config_file",
+            config_path(f"cpu_zero{stage}"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(_free_port()),
+        ]
+    cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--output_dir", str(out), "--reward", reward]
     env = {
         **os.environ,
         "DS_ACCELERATOR": "cpu",
@@ -59,6 +59,8 @@ def test_robust_ppo_trains_and_saves_under_deepspeed(stage, reward, tmp_path):
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    if stage is None:
+        env["ACCELERATE_USE_CPU"] = "true"  # else accelerate sees two unconnected processes (DistributedType.NO)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(
@@ -67,7 +69,11 @@ def test_robust_ppo_trains_and_saves_under_deepspeed(stage, reward, tmp_path):
         )
 
     info = json.loads((out / "run_info.json").read_text())
-    assert info["deepspeed"] is True and info["zero_stage"] == stage and info["world_size"] == 2
+    assert info["deepspeed"] is (stage is not None) and info["zero_stage"] == stage and info["world_size"] == 2
+    assert info["distributed_type"] == ("DistributedType.MULTI_CPU" if stage is None else "DistributedType.DEEPSPEED")
+    if stage != 3:
+        first, second = info["param_checksums"]
+        assert first == pytest.approx(second, rel=1e-9), "the two replicas diverged"
     assert info["batch_size"] == 8  # 2 per device * 2 accumulation steps * 2 processes
     logs = [entry for entry in info["log_history"] if "objective/scores" in entry]
     assert len(logs) == 2 and logs[-1]["episode"] == 16

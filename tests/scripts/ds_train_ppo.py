@@ -5,9 +5,10 @@ Train a tiny policy with RobustPPOTrainer under DeepSpeed (run by tests/test_rob
     DS_ACCELERATOR=cpu accelerate launch --config_file trl_robust/accelerate_configs/cpu_zero3.yaml \
         tests/scripts/ds_train_ppo.py --output_dir OUT [--reward brme]
 
-Rank 0 writes the policy's `lm_head.weight` before training to `OUT/initial_lm_head.pt` and, to `OUT/run_info.json`,
-whether DeepSpeed ran (and which ZeRO stage), the world size and the log history; `trainer.save_model(OUT)` writes
-the policy.
+Also runs without DeepSpeed under DDP: `ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2
+tests/scripts/ds_train_ppo.py --output_dir OUT` on CPU. Rank 0 writes the policy's `lm_head.weight` before training to
+`OUT/initial_lm_head.pt` and, to `OUT/run_info.json`, the distributed type (and ZeRO stage), the world size, every
+rank's checksum of the trained weights and the log history; `trainer.save_model(OUT)` writes the policy.
 """
 
 import argparse
@@ -93,14 +94,21 @@ def main() -> None:
         torch.save(initial, os.path.join(cli.output_dir, "initial_lm_head.pt"))
     trainer.train()
     trainer.save_model(cli.output_dir)
+    # Replicas must agree after training (gradients synchronised); ZeRO-3 shards the weights, so skip it there.
+    trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    checksum = torch.tensor([0.0 if zero3 else float(sum(p.double().sum() for p in trained.parameters()))])
+    checksums = trainer.accelerator.gather(checksum).tolist()
 
     if trainer.accelerator.is_main_process:
         stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
         info = {
+            "distributed_type": str(trainer.accelerator.distributed_type),
             "deepspeed": trainer.is_deepspeed_enabled,
             "zero_stage": stage,
             "world_size": trainer.accelerator.num_processes,
             "batch_size": trainer.args.batch_size,
+            "param_checksums": checksums,
             "log_history": trainer.state.log_history,
         }
         with open(os.path.join(cli.output_dir, "run_info.json"), "w") as f:
