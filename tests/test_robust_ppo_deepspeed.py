@@ -29,13 +29,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("stage", "reward"), [(2, "seqcls"), (3, "brme"), (None, "brme")], ids=["zero2-seqcls", "zero3-brme", "ddp-brme"]
-)
-def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
-    out = tmp_path / "out"
-    if stage is None:  # plain DDP over gloo, two CPU processes
+def _launch(stage: int | None, out: Path, *extra: str) -> dict:
+    """Run the script on two CPU processes (DeepSpeed ZeRO-`stage`, or DDP when `stage` is None); its run_info."""
+    if stage is None:  # plain DDP over gloo
         launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     else:
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
@@ -48,7 +44,7 @@ def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
             "--main_process_port",
             str(_free_port()),
         ]
-    cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--output_dir", str(out), "--reward", reward]
+    cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--output_dir", str(out), *extra]
     env = {
         **os.environ,
         "DS_ACCELERATOR": "cpu",
@@ -64,11 +60,19 @@ def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(
-            f"accelerate launch exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
+            f"launch exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
             f"--- stderr (tail) ---\n{proc.stderr[-6000:]}"
         )
+    return json.loads((out / "run_info.json").read_text())
 
-    info = json.loads((out / "run_info.json").read_text())
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "reward"), [(2, "seqcls"), (3, "brme"), (None, "brme")], ids=["zero2-seqcls", "zero3-brme", "ddp-brme"]
+)
+def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
+    out = tmp_path / "out"
+    info = _launch(stage, out, "--reward", reward)
     assert info["deepspeed"] is (stage is not None) and info["zero_stage"] == stage and info["world_size"] == 2
     assert info["distributed_type"] == ("DistributedType.MULTI_CPU" if stage is None else "DistributedType.DEEPSPEED")
     if stage != 3:
@@ -88,3 +92,17 @@ def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
     assert not torch.equal(state["lm_head.weight"], torch.load(out / "initial_lm_head.pt")), "the policy did not train"
     model = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(model.lm_head.weight.detach(), state["lm_head.weight"])
+
+
+@pytest.mark.slow
+def test_resume_under_deepspeed_zero2_matches_the_uninterrupted_run(tmp_path):
+    full = _launch(2, tmp_path / "full", "--save_steps", "1")
+    checkpoint = tmp_path / "full" / "checkpoint-1"
+    assert (checkpoint / "model.safetensors").is_file() and list(checkpoint.glob("global_step*"))
+    resumed = _launch(2, tmp_path / "resumed", "--resume_from", str(checkpoint))
+    assert resumed["param_checksums"] == pytest.approx(full["param_checksums"], rel=1e-9)
+    last_full = [entry for entry in full["log_history"] if "objective/scores" in entry][-1]
+    last_resumed = [entry for entry in resumed["log_history"] if "objective/scores" in entry][-1]
+    assert last_resumed["episode"] == last_full["episode"] == 16
+    for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
+        assert last_resumed[key] == pytest.approx(last_full[key], rel=1e-6, abs=1e-7), key

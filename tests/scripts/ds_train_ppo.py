@@ -45,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--reward", choices=("seqcls", "brme"), default="seqcls")
+    parser.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N updates")
+    parser.add_argument("--resume_from", default=None, help="a checkpoint of an identical run to resume from")
     cli = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
@@ -72,7 +74,8 @@ def main() -> None:
         stop_token="eos",
         learning_rate=1e-2,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if cli.save_steps else "no",
+        save_steps=cli.save_steps or 500,
         report_to="none",
         num_sample_generations=0,
         ddp_backend="gloo",
@@ -92,7 +95,7 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         os.makedirs(cli.output_dir, exist_ok=True)
         torch.save(initial, os.path.join(cli.output_dir, "initial_lm_head.pt"))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=cli.resume_from)
     trainer.save_model(cli.output_dir)
     # Replicas must agree after training (gradients synchronised); ZeRO-3 shards the weights, so skip it there.
     trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
