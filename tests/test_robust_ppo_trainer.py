@@ -254,7 +254,9 @@ def test_brme_reward_scores_with_the_configured_aggregation_and_logs_robust_metr
         {"prompt": [[{"role": "user", "content": f"Say something nice {i}."}] for i in range(8)]}
     )
     trainer = RobustPPOTrainer(
-        _args(tmp_path, total_episodes=8, num_ppo_epochs=1, reward_aggregation="uwo", uwo_coef=0.5),
+        _args(
+            tmp_path, total_episodes=8, num_ppo_epochs=1, reward_aggregation="uwo", uwo_coef=0.5, whiten_rewards=True
+        ),
         smol_tokenizer,
         make_policy(smol_tokenizer),
         None,
@@ -286,6 +288,9 @@ def test_brme_reward_scores_with_the_configured_aggregation_and_logs_robust_metr
         assert log[f"robust/head_{k}_mean"] == pytest.approx(mu, abs=1e-5)
     # the optimised score is the configured aggregation (UWO with c = 0.5)
     assert log["objective/scores"] == pytest.approx(means.mean().item() - 0.5 * var, abs=1e-5)
+    # one PPO step from the rollout policy: the rollout's log-probs are recomputed exactly by the training forward
+    assert log["val/ratio"] == pytest.approx(1.0, abs=1e-5) and log["policy/approxkl_avg"] == pytest.approx(0, abs=1e-9)
+    assert log["policy/clipfrac_avg"] == 0.0
 
 
 def test_batch_size_errors_name_the_fields(tmp_path, smol_tokenizer):
@@ -304,6 +309,10 @@ def test_batch_size_errors_name_the_fields(tmp_path, smol_tokenizer):
         build(per_device_train_batch_size=6, num_mini_batches=4)
     with pytest.raises(ValueError, match="fewer than one update's batch_size"):
         build(per_device_train_batch_size=8, gradient_accumulation_steps=4)
+    trainer = build(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=4)
+    assert (trainer.args.batch_size, trainer.args.local_mini_batch_size, trainer.grad_accum_steps) == (8, 2, 1)
+    assert trainer.args.num_total_batches == 6  # num_train_epochs 3 * 16 prompts / 8
+    assert build(max_steps=2).args.num_total_batches == 2
 
 
 def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenizer):

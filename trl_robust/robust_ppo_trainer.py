@@ -474,6 +474,11 @@ class RobustPPOTrainer(_BaseTrainer):
         num_embeddings = model.get_input_embeddings().num_embeddings
         self.filler_id = self.pad_token_id if self.pad_token_id < num_embeddings else 0
         if ref_model is None and not self.is_peft_model:
+            if any(hasattr(p, "ds_id") for p in model.parameters()):
+                raise ValueError(
+                    "The policy is already partitioned by DeepSpeed ZeRO-3 (loaded after the config enabled it), so it "
+                    "cannot be copied into a reference model: pass ref_model explicitly."
+                )
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -537,7 +542,9 @@ class RobustPPOTrainer(_BaseTrainer):
                 f"train_dataset has {self.train_dataset_len} prompts, fewer than one update's batch_size "
                 f"{args.batch_size} (per_device_train_batch_size * gradient_accumulation_steps * num_processes)."
             )
-        if args.total_episodes is None:
+        if args.max_steps > 0:  # TrainingArguments' own way to fix the run length wins, counted in updates
+            args.total_episodes = args.max_steps * args.batch_size
+        elif args.total_episodes is None:
             args.total_episodes = int(args.num_train_epochs * self.train_dataset_len)
         args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)
         self.batches_per_epoch = self.train_dataset_len // args.batch_size
@@ -718,12 +725,14 @@ class RobustPPOTrainer(_BaseTrainer):
         chunk = args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
             ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
-            logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
-            with self._reference() as reference:
-                ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
-            # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
-            values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
-            scored = self.score(ids, mask)
+            # Same autocast as the training forward (mixed precision), so the first PPO ratio is exactly 1.
+            with self.accelerator.autocast():
+                logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
+                with self._reference() as reference:
+                    ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
+                # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
+                values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1].float())
+                scored = self.score(ids, mask)
             scores.append(scored["scores"])
             if "means" in scored:
                 means.append(scored["means"])
@@ -940,7 +949,9 @@ class RobustPPOTrainer(_BaseTrainer):
         responses = self._generate(queries, query_mask, temperature=0.01)
         responses, lengths, _ = truncate_after_stop(responses, self.stop_token_id, self.filler_id)
         response_mask = lengths_to_mask(lengths, responses.shape[1]).long()
-        scores = self.score(torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1))["scores"]
+        with self.accelerator.autocast():
+            scored = self.score(torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1))
+        scores = scored["scores"]
         table = [
             {
                 "query": self.tokenizer.decode(q[m.bool()], skip_special_tokens=True),
