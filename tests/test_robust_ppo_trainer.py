@@ -395,3 +395,29 @@ def test_lora_policy_uses_the_adapter_free_model_as_reference(tmp_path, smol_tok
     assert torch.equal(trainer.policy_model.get_base_model().lm_head.weight, base_before)  # base stays frozen
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_text_prompts_are_tokenized_and_any_collator_output_is_left_aligned(tmp_path, smol_tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.padding_side = "right"  # a collator padding on the wrong side must not break generation
+    texts = ["hello there", "one two three four five six"] * 8
+    trainer = RobustPPOTrainer(
+        _args(tmp_path),
+        tokenizer,
+        make_policy(tokenizer),
+        None,
+        make_token_fraction_rm(tokenizer),
+        Dataset.from_dict({"prompt": texts}),
+        make_value_model(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    assert trainer.train_dataset.column_names == ["input_ids"]
+    ids, mask = trainer._collate([trainer.train_dataset[0], trainer.train_dataset[1]])
+    short, long = (tokenizer(text)["input_ids"] for text in texts[:2])
+    assert mask[:, -1].tolist() == [1, 1] and mask.sum(1).tolist() == [len(short), len(long)]
+    assert ids[0, -len(short) :].tolist() == short and ids[1].tolist() == long
+    # the prompts of an update depend on its index only (seeded shuffle per epoch), which makes resuming exact
+    first, again = trainer._prompt_batch(0)[0], trainer._prompt_batch(0)[0]
+    assert torch.equal(first, again)
