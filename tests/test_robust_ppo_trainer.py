@@ -53,13 +53,13 @@ def _config(tokenizer, num_labels=None):
     return config
 
 
-def make_policy(tokenizer, seed=0):
+def make_policy(tokenizer, seed=0, candidates=CANDIDATES):
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_config(tokenizer))
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] += 10.0  # every hidden state points mostly along dimension 0 ...
-        model.lm_head.weight[CANDIDATES] = 0.0
-        model.lm_head.weight[CANDIDATES, 0] = 3.0  # ... which these four rows read: ~99.9% of the mass on them
+        model.lm_head.weight[candidates] = 0.0
+        model.lm_head.weight[candidates, 0] = 3.0  # ... which these rows read: ~99.9% of the mass on them
     return model
 
 
@@ -232,19 +232,23 @@ def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tok
         assert tokenizer.pad_token_id >= len(smol_tokenizer)
     else:
         assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the pad == eos case of the checklist
+    # EOS is one of the tokens the policy samples, so responses stop early and get padded after the stop token
+    candidates = CANDIDATES + [tokenizer.eos_token_id]
     trainer = old_trl_ppo_script(
         PPOConfig,
         PPOTrainer,
         str(tmp_path / "ppo"),
         tokenizer,
-        make_policy(smol_tokenizer),
-        make_policy(smol_tokenizer),
+        make_policy(smol_tokenizer, candidates=candidates),
+        make_policy(smol_tokenizer, candidates=candidates),
         make_token_fraction_rm(smol_tokenizer),
         make_value_model(smol_tokenizer),
     )
     assert trainer.state.global_step == 1 and trainer.args.batch_size == 8
     assert trainer.args.local_mini_batch_size == 4 and trainer.args.mini_batch_size == 4
     assert trainer.stop_token_id == tokenizer.eos_token_id
+    stopped = trainer.state.log_history[-1]["val/num_eos_tokens"]
+    assert 0 < stopped <= 8  # some of the 8 responses ended with EOS (P(EOS within 6 tokens) ~ 0.74 each)
     assert (tmp_path / "ppo" / "model.safetensors").exists()
 
 

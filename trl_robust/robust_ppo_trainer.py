@@ -912,7 +912,8 @@ class RobustPPOTrainer(_BaseTrainer):
             del batch, stats
             self.lr_scheduler.step()
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
-            if self.control.should_log:
+            # Every logging_steps updates, and the last one (so that a run shorter than logging_steps logs a row).
+            if self.control.should_log or self.state.global_step == args.num_total_batches:
                 self.log(metrics)
                 self.control.should_log = False
             # Sample completions before saving: they draw random numbers, and the checkpoint's RNG state must be the
