@@ -168,3 +168,30 @@ def test_logprob_entropy_positions():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
     assert last_real_index(mask).tolist() == [4, 3]
+
+
+def test_config_validation_names_the_field():
+    from trl_robust import RobustPPOConfig
+
+    common = dict(output_dir="unused", report_to="none", use_cpu=True)
+    for bad, field in [
+        (dict(stop_token="eos", stop_token_id=2), "stop_token"),
+        (dict(kl_estimator="k2"), "kl_estimator"),
+        (dict(reward_aggregation="median"), "reward_aggregation"),
+        (dict(robust_lambda=1.5), "robust_lambda"),
+        (dict(uwo_coef=-1.0), "uwo_coef"),
+        (dict(kl_dro_beta=0.0), "kl_dro_beta"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(missing_eos_penalty=-1.0), "missing_eos_penalty"),
+        (dict(num_mini_batches=0), "num_mini_batches"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            RobustPPOConfig(**common, **bad)
+    config = RobustPPOConfig(**common)
+    assert (config.learning_rate, config.response_length, config.kl_coef, config.reward_aggregation) == (
+        3e-6,
+        53,
+        0.05,
+        "robust",
+    )
+    assert config.world_size == 1  # TrainingArguments' property, not shadowed by a field

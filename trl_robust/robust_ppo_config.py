@@ -5,9 +5,8 @@ from typing import Literal
 
 from trl.trainer.base_config import _BaseConfig
 
-from .config_utils import resolve_bf16
-
-AGGREGATIONS = ("robust", "nominal", "worst", "mean", "uwo", "kl_dro")
+from .config_utils import check_reward_aggregation, resolve_bf16
+from .rewards import AGGREGATIONS
 
 
 @dataclass
@@ -147,12 +146,7 @@ class RobustPPOConfig(_BaseConfig):
             raise ValueError(f"RobustPPOConfig.stop_token must be None or 'eos', got {self.stop_token!r}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"RobustPPOConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
-        if self.reward_aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"RobustPPOConfig.reward_aggregation must be one of {AGGREGATIONS}, got {self.reward_aggregation!r}."
-            )
-        if not 0.0 <= self.robust_lambda <= 1.0:
-            raise ValueError(f"RobustPPOConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        check_reward_aggregation(self)  # aggregation name, robust_lambda, uwo_coef, kl_dro_beta (shared with GRPO/RLOO)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ValueError(f"RobustPPOConfig.missing_eos_penalty must be >= 0, got {self.missing_eos_penalty!r}.")
         if self.temperature <= 0:
