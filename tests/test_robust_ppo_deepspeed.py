@@ -106,3 +106,28 @@ def test_resume_under_deepspeed_zero2_matches_the_uninterrupted_run(tmp_path):
     assert last_resumed["episode"] == last_full["episode"] == 16
     for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
         assert last_resumed[key] == pytest.approx(last_full[key], rel=1e-6, abs=1e-7), key
+
+
+@pytest.mark.slow
+def test_zero3_with_models_loaded_after_the_config(tmp_path):
+    """The usual ZeRO-3 script: `from_pretrained` after the config, so the models arrive already partitioned."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("ds_train_ppo", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tokenizer = AutoTokenizer.from_pretrained(script.TOKENIZER_DIR)
+    policy, _, value_model, reward_model = script.build_models(tokenizer, "brme")
+    for name, model in (("policy", policy), ("value", value_model), ("reward", reward_model)):
+        model.save_pretrained(tmp_path / "models" / name)
+
+    out = tmp_path / "out"
+    info = _launch(3, out, "--reward", "brme", "--models_dir", str(tmp_path / "models"))
+    assert info["zero_stage"] == 3 and info["partitioned_at_load"] is True
+    logs = [entry for entry in info["log_history"] if "objective/scores" in entry]
+    assert len(logs) == 2 and "robust/robust" in logs[-1]
+    state = load_file(out / "model.safetensors")
+    assert all(tensor.numel() > 0 and torch.isfinite(tensor).all() for tensor in state.values())
+    assert not torch.equal(state["lm_head.weight"], policy.lm_head.weight.detach()), "the policy did not train"

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
 
 from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
 
@@ -41,26 +48,38 @@ def tiny_llama_config(tokenizer, **kwargs) -> LlamaConfig:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--reward", choices=("seqcls", "brme"), default="seqcls")
-    parser.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N updates")
-    parser.add_argument("--resume_from", default=None, help="a checkpoint of an identical run to resume from")
-    cli = parser.parse_args()
-
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    # Built before the config makes the DeepSpeed config live, so they start whole (same seed: same weights on every
-    # rank); deepspeed.initialize / prepare_deepspeed then partition them under ZeRO-3.
+def build_models(tokenizer, reward: str) -> tuple:
+    """(policy, reference, value model, reward model), the same on every call (seeded)."""
     torch.manual_seed(0)
     policy = LlamaForCausalLM(tiny_llama_config(tokenizer))
     ref_policy = LlamaForCausalLM(tiny_llama_config(tokenizer))
     ref_policy.load_state_dict(policy.state_dict())
     value_model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
-    if cli.reward == "brme":
+    if reward == "brme":
         reward_model = BRMERewardModel(BRMEConfig(text_config=tiny_llama_config(tokenizer).to_dict(), num_heads=3))
     else:
         reward_model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
+    return policy, ref_policy, value_model, reward_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--reward", choices=("seqcls", "brme"), default="seqcls")
+    parser.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N updates")
+    parser.add_argument(
+        "--models_dir",
+        default=None,
+        help="load policy/, value/, reward/ from here after the config exists (ZeRO-3: partitioned at load time)",
+    )
+    parser.add_argument("--resume_from", default=None, help="a checkpoint of an identical run to resume from")
+    cli = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    # Built before the config makes the DeepSpeed config live, so they start whole (same seed: same weights on every
+    # rank); deepspeed.initialize / prepare_deepspeed then partition them under ZeRO-3. With --models_dir they are
+    # only saved (by the test) and loaded below instead.
+    policy, ref_policy, value_model, reward_model = build_models(tokenizer, cli.reward)
     initial = policy.lm_head.weight.detach().clone()
     args = RobustPPOConfig(
         output_dir=cli.output_dir,
@@ -81,8 +100,16 @@ def main() -> None:
         ddp_backend="gloo",
         seed=0,
     )
+    if cli.models_dir is not None:
+        # As users load models: after the config, so under ZeRO-3 `from_pretrained` partitions them (zero.Init).
+        models = Path(cli.models_dir)
+        policy = AutoModelForCausalLM.from_pretrained(models / "policy")
+        ref_policy = AutoModelForCausalLM.from_pretrained(models / "policy")
+        value_model = AutoModelForSequenceClassification.from_pretrained(models / "value")
+        reward_model = AutoModelForSequenceClassification.from_pretrained(models / "reward")
     prompts = Dataset.from_dict({"input_ids": [tokenizer(f"Question {i}: hello?")["input_ids"] for i in range(16)]})
 
+    partitioned_at_load = all(hasattr(p, "ds_id") for p in policy.parameters())
     trainer = RobustPPOTrainer(
         args=args,
         processing_class=tokenizer,
@@ -112,6 +139,7 @@ def main() -> None:
             "world_size": trainer.accelerator.num_processes,
             "batch_size": trainer.args.batch_size,
             "param_checksums": checksums,
+            "partitioned_at_load": partitioned_at_load,
             "log_history": trainer.state.log_history,
         }
         with open(os.path.join(cli.output_dir, "run_info.json"), "w") as f:
