@@ -425,3 +425,32 @@ def test_text_prompts_are_tokenized_and_any_collator_output_is_left_aligned(tmp_
     # the prompts of an update depend on its index only (seeded shuffle per epoch), which makes resuming exact
     first, again = trainer._prompt_batch(0)[0], trainer._prompt_batch(0)[0]
     assert torch.equal(first, again)
+
+
+def test_a_reward_model_with_another_tokenizer_scores_re_tokenised_text(tmp_path, smol_tokenizer, bert_tokenizer):
+    from trl_robust.scoring import BRMEScorer
+
+    torch.manual_seed(3)
+    bert = tiny_text_config("bert", len(bert_tokenizer))
+    brme = BRMERewardModel(BRMEConfig(text_config=bert, num_heads=3)).eval()
+    build = dict(
+        model=make_policy(smol_tokenizer),
+        ref_model=None,
+        reward_model=brme,
+        train_dataset=tokenized_prompts(smol_tokenizer),
+        value_model=make_value_model(smol_tokenizer),
+    )
+    with pytest.raises(ValueError, match="reward_processing_class"):  # policy ids would index past the RM's vocabulary
+        RobustPPOTrainer(_args(tmp_path), smol_tokenizer, **build)
+    trainer = RobustPPOTrainer(_args(tmp_path), smol_tokenizer, reward_processing_class=bert_tokenizer, **build)
+    prompts, responses = ["hello world", "the film"], [" was great", " was awful and long"]
+    query = [smol_tokenizer(p)["input_ids"] for p in prompts]
+    reply = [smol_tokenizer(r)["input_ids"] + [smol_tokenizer.eos_token_id] for r in responses]
+    queries, query_mask = left_pad(query, smol_tokenizer.pad_token_id)
+    width = max(map(len, reply))
+    replies = torch.tensor([r + [smol_tokenizer.pad_token_id] * (width - len(r)) for r in reply])
+    reply_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in reply])
+    got = trainer.score(torch.cat([queries, replies], 1), torch.cat([query_mask, reply_mask], 1), queries.shape[1])
+    expected = BRMEScorer(brme, bert_tokenizer, "robust", robust_lambda=0.4).score(prompts, responses)
+    torch.testing.assert_close(got["means"], expected.means)
+    torch.testing.assert_close(got["scores"], expected.rewards)

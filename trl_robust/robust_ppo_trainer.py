@@ -35,6 +35,7 @@ from . import rewards as reward_aggregations
 from .config_utils import aggregation_params
 from .modeling_brme import BRMERewardModel
 from .robust_ppo_config import RobustPPOConfig
+from .tokenization import tokenize_for_reward
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -434,6 +435,7 @@ class RobustPPOTrainer(_BaseTrainer):
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         callbacks: list[TrainerCallback] | None = None,
         peft_config: "PeftConfig | None" = None,
+        reward_processing_class: PreTrainedTokenizerBase | None = None,
     ) -> None:
         if args is None or not isinstance(args, RobustPPOConfig):
             raise TypeError(f"args must be a RobustPPOConfig, got {type(args).__name__}.")
@@ -499,6 +501,7 @@ class RobustPPOTrainer(_BaseTrainer):
         self.ref_model = ref_model
         self.reward_model = reward_model
         self.reward_is_brme = _is_brme(reward_model)
+        self.reward_tokenizer = self._check_reward_tokenizer(tokenizer, reward_model, reward_processing_class)
 
         train_dataset = self._prepare_dataset(train_dataset, args, "train")
         if eval_dataset is not None:
@@ -679,15 +682,64 @@ class RobustPPOTrainer(_BaseTrainer):
         ).logits[:, context_length - 1 : -1]
         return token_logprobs(logits, responses, self.args.temperature)
 
+    @staticmethod
+    def _check_reward_tokenizer(tokenizer, reward_model, reward_tokenizer) -> PreTrainedTokenizerBase | None:
+        """The reward model's own tokenizer when it differs from the policy's (responses are then re-tokenised as
+        text), else None (policy tokens go to the reward model as they are)."""
+        if reward_tokenizer is not None:
+            reward_tokenizer = getattr(reward_tokenizer, "tokenizer", reward_tokenizer)
+            return None if reward_tokenizer.get_vocab() == tokenizer.get_vocab() else reward_tokenizer
+        config = getattr(reward_model, "config", None)
+        text_config = config.get_text_config() if config is not None else None
+        vocab = getattr(text_config, "vocab_size", None)
+        if vocab is not None and vocab < len(tokenizer):
+            raise ValueError(
+                f"The reward model's vocabulary ({vocab} tokens) is smaller than the policy tokenizer's "
+                f"({len(tokenizer)}): they do not share a tokenizer. Pass the reward model's tokenizer as "
+                "reward_processing_class= and responses are scored as text, re-tokenised the way the reward model "
+                "was trained."
+            )
+        return None
+
+    def _retokenize(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy tokens -> text -> reward-model tokens through `tokenize_for_reward`, as BRMERewardTrainer trained."""
+        rows = []
+        limit = self.reward_tokenizer.model_max_length
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            real = [t for t, m in zip(ids, mask, strict=True) if m]
+            n_prompt = sum(mask[:context_length])
+            prompt = self.tokenizer.decode(real[:n_prompt], skip_special_tokens=True)
+            response = self.tokenizer.decode(real[n_prompt:], skip_special_tokens=True)
+            tokens = tokenize_for_reward(self.reward_tokenizer, response, prompt)
+            if limit is not None and len(tokens) > limit:  # drop the prompt's start, keep the first (CLS/BOS) token
+                tokens = tokens[:1] + tokens[len(tokens) - limit + 1 :]
+            rows.append(tokens)
+        width = max(len(r) for r in rows)
+        pad = self.reward_tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, tokens in enumerate(rows):
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+            mask[i, : len(tokens)] = 1
+        return ids.to(input_ids.device), mask.to(input_ids.device)
+
     @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """
-        Score (prompt + truncated response) sequences with the reward model at their last real token.
+        Score (prompt + truncated response) sequences with the reward model at their last real token. With a
+        `reward_processing_class` that differs from the policy's, the prompt and response are decoded and re-tokenised
+        for the reward model (`context_length`: the width of the left-padded prompt block).
 
         Returns `{"scores": [B]}`, plus `"means"` and `"stds"` `[B, K]` for a BRME, whose score is
         `args.reward_aggregation` of its heads.
         """
         rm = self._reward_module
+        if self.reward_tokenizer is not None:
+            input_ids, attention_mask = self._retokenize(input_ids, attention_mask, context_length)
         position_ids = position_ids_from_mask(attention_mask)
         if self.reward_is_brme:
             out = rm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -732,7 +784,7 @@ class RobustPPOTrainer(_BaseTrainer):
                     ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
                 # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
                 values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1].float())
-                scored = self.score(ids, mask)
+                scored = self.score(ids, mask, context_length)
             scores.append(scored["scores"])
             if "means" in scored:
                 means.append(scored["means"])
@@ -951,7 +1003,9 @@ class RobustPPOTrainer(_BaseTrainer):
         responses, lengths, _ = truncate_after_stop(responses, self.stop_token_id, self.filler_id)
         response_mask = lengths_to_mask(lengths, responses.shape[1]).long()
         with self.accelerator.autocast():
-            scored = self.score(torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1))
+            scored = self.score(
+                torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1), queries.shape[1]
+            )
         scores = scored["scores"]
         table = [
             {
