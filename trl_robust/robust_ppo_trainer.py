@@ -501,7 +501,7 @@ class RobustPPOTrainer(_BaseTrainer):
         self.ref_model = ref_model
         self.reward_model = reward_model
         self.reward_is_brme = _is_brme(reward_model)
-        self.reward_tokenizer = self._check_reward_tokenizer(tokenizer, reward_model, reward_processing_class)
+        self.reward_tokenizer = self._check_reward_tokenizer(tokenizer, model, reward_model, reward_processing_class)
 
         train_dataset = self._prepare_dataset(train_dataset, args, "train")
         if eval_dataset is not None:
@@ -683,19 +683,19 @@ class RobustPPOTrainer(_BaseTrainer):
         return token_logprobs(logits, responses, self.args.temperature)
 
     @staticmethod
-    def _check_reward_tokenizer(tokenizer, reward_model, reward_tokenizer) -> PreTrainedTokenizerBase | None:
+    def _check_reward_tokenizer(tokenizer, policy, reward_model, reward_tokenizer) -> PreTrainedTokenizerBase | None:
         """The reward model's own tokenizer when it differs from the policy's (responses are then re-tokenised as
         text), else None (policy tokens go to the reward model as they are)."""
         if reward_tokenizer is not None:
             reward_tokenizer = getattr(reward_tokenizer, "tokenizer", reward_tokenizer)
             return None if reward_tokenizer.get_vocab() == tokenizer.get_vocab() else reward_tokenizer
-        config = getattr(reward_model, "config", None)
-        text_config = config.get_text_config() if config is not None else None
-        vocab = getattr(text_config, "vocab_size", None)
-        if vocab is not None and vocab < len(tokenizer):
+        # Policy ids go to the reward model as they are: it must know every id the policy can produce.
+        vocab = getattr(reward_model.config.get_text_config(), "vocab_size", None)
+        policy_vocab = policy.config.get_text_config().vocab_size  # not the weights: ZeRO-3 partitions them
+        if vocab is not None and vocab < policy_vocab:
             raise ValueError(
-                f"The reward model's vocabulary ({vocab} tokens) is smaller than the policy tokenizer's "
-                f"({len(tokenizer)}): they do not share a tokenizer. Pass the reward model's tokenizer as "
+                f"The reward model's vocabulary ({vocab} tokens) is smaller than the policy's ({policy_vocab}): "
+                "they do not share a tokenizer. Pass the reward model's tokenizer as "
                 "reward_processing_class= and responses are scored as text, re-tokenised the way the reward model "
                 "was trained."
             )
