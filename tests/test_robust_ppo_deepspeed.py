@@ -68,11 +68,13 @@ def _launch(stage: int | None, out: Path, *extra: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("stage", "reward"), [(2, "seqcls"), (3, "brme"), (None, "brme")], ids=["zero2-seqcls", "zero3-brme", "ddp-brme"]
+    ("stage", "reward", "extra"),
+    [(2, "seqcls", []), (3, "brme", []), (3, "seqcls", ["--no_ds3_gather"]), (None, "brme", [])],
+    ids=["zero2-seqcls", "zero3-brme", "zero3-sharded-generation", "ddp-brme"],
 )
-def test_robust_ppo_trains_and_saves_distributed(stage, reward, tmp_path):
+def test_robust_ppo_trains_and_saves_distributed(stage, reward, extra, tmp_path):
     out = tmp_path / "out"
-    info = _launch(stage, out, "--reward", reward)
+    info = _launch(stage, out, "--reward", reward, *extra)
     assert info["deepspeed"] is (stage is not None) and info["zero_stage"] == stage and info["world_size"] == 2
     assert info["distributed_type"] == ("DistributedType.MULTI_CPU" if stage is None else "DistributedType.DEEPSPEED")
     if stage != 3:

@@ -73,6 +73,7 @@ def main() -> None:
         help="load policy/, value/, reward/ from here after the config exists (ZeRO-3: partitioned at load time)",
     )
     parser.add_argument("--resume_from", default=None, help="a checkpoint of an identical run to resume from")
+    parser.add_argument("--no_ds3_gather", action="store_true", help="ZeRO-3: generate from sharded weights")
     cli = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
@@ -99,6 +100,7 @@ def main() -> None:
         num_sample_generations=0,
         ddp_backend="gloo",
         seed=0,
+        ds3_gather_for_generation=not cli.no_ds3_gather,
     )
     if cli.models_dir is not None:
         # As users load models: after the config, so under ZeRO-3 `from_pretrained` partitions them (zero.Init).
