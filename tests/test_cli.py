@@ -74,15 +74,17 @@ def test_help_lists_fields_with_their_help(capsys):
 def test_shipped_recipes_only_use_valid_keys():
     from pathlib import Path
 
-    from trl_robust import RobustGRPOConfig, RobustRLOOConfig
+    from trl_robust import RobustGRPOConfig, RobustPPOConfig, RobustRLOOConfig
     from trl_robust.brme_reward_config import BRMERewardConfig
     from trl_robust.recipe_parser import check_recipe
     from trl_robust.script_args import RLScriptArguments, ScriptArguments
+    from trl_robust.scripts.train_ppo import PPOScriptArguments
 
     kinds = {
         "brme": (ScriptArguments, BRMERewardConfig),
         "grpo": (RLScriptArguments, RobustGRPOConfig),
         "rloo": (RLScriptArguments, RobustRLOOConfig),
+        "ppo": (PPOScriptArguments, RobustPPOConfig),
     }
     recipes = list(Path(__file__).parents[1].glob("recipes/**/*.yaml"))
     assert recipes
@@ -124,3 +126,36 @@ def test_online_rl_subcommands_run_a_tiny_recipe(tmp_path, smol_tokenizer, comma
     initial = LlamaForCausalLM.from_pretrained(policy)
     changed = any(not torch.equal(a, b) for a, b in zip(saved.parameters(), initial.parameters(), strict=True))
     assert changed
+
+
+def test_ppo_subcommand_runs_a_tiny_recipe(tmp_path, smol_tokenizer):
+    import json
+
+    from tests.robust_rl_helpers import save_policy, train_great_brme
+
+    policy = save_policy(tmp_path / "policy", smol_tokenizer)
+    brme = train_great_brme(tmp_path / "brme", smol_tokenizer)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Review {i}:"}) for i in range(8)))
+    recipe = write_recipe(
+        tmp_path / "ppo.yaml",
+        model_name_or_path=str(policy),
+        reward_model_path=str(brme),
+        dataset_name=str(prompts),
+        dataset_test_split=None,
+        output_dir=str(tmp_path / "out"),
+        total_episodes=8,
+        per_device_train_batch_size=4,
+        response_length=4,
+        num_ppo_epochs=1,
+        learning_rate=1e-3,
+        num_sample_generations=0,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        reward_aggregation="uwo",
+    )
+    assert cli.main(["ppo", "--config", str(recipe)]) == 0
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    initial = LlamaForCausalLM.from_pretrained(policy)
+    assert any(not torch.equal(a, b) for a, b in zip(saved.parameters(), initial.parameters(), strict=True))

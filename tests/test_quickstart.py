@@ -9,14 +9,16 @@ from trl_robust.scripts import quickstart
 
 def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer):
     torch.manual_seed(0)
-    backbone = tmp_path / "tiny"
-    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(backbone)
-    smol_tokenizer.save_pretrained(backbone)
+    tiny = tmp_path / "tiny"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(tiny)
+    smol_tokenizer.save_pretrained(tiny)
     out = tmp_path / "out"
     summary = quickstart.main(
         [
             "--backbone",
-            str(backbone),
+            str(tiny),
+            "--policy",
+            str(tiny),
             "--output-dir",
             str(out),
             "--max-train-pairs",
@@ -27,10 +29,21 @@ def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer):
             "8",
             "--max-length",
             "96",
+            "--ppo-updates",
+            "2",
+            "--ppo-batch-size",
+            "4",
+            "--response-length",
+            "4",
         ]
     )
-    assert (out / "brme_training.png").stat().st_size > 10_000
+    for plot in ("brme_training.png", "robust_ppo.png"):
+        assert (out / plot).stat().st_size > 10_000
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["end"]["eval_loss"] == summary["end"]["eval_loss"]
-    assert saved["end"]["eval_loss"] != saved["start"]["eval_loss"]  # it trained
+    rm = saved["reward_model"]
+    assert rm["end"]["eval_loss"] == summary["reward_model"]["end"]["eval_loss"]
+    assert rm["end"]["eval_loss"] != rm["start"]["eval_loss"]  # it trained
     assert (out / "brme" / "model.safetensors").exists()
+    ppo = saved["robust_ppo"]
+    assert ppo["end"]["episode"] == 8 and "robust/worst" in ppo["end"]
+    assert (out / "ppo_policy" / "model.safetensors").exists()

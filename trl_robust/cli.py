@@ -5,6 +5,7 @@ import sys
 
 SUBCOMMANDS = {
     "reward": ("trl_robust.scripts.train_brme", "train a BRME reward model (BRMERewardTrainer)"),
+    "ppo": ("trl_robust.scripts.train_ppo", "robust PPO on a BRME reward (RobustPPOTrainer)"),
     "grpo": ("trl_robust.scripts.train_grpo", "robust GRPO on a BRME reward (RobustGRPOTrainer)"),
     "rloo": ("trl_robust.scripts.train_rloo", "robust RLOO on a BRME reward (RobustRLOOTrainer)"),
     "quickstart": ("trl_robust.scripts.quickstart", "the offline demo on the shipped data"),

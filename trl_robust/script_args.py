@@ -74,8 +74,8 @@ def load_splits(args: ScriptArguments) -> tuple[Dataset, Dataset | None]:
 
 
 @dataclass
-class RLScriptArguments(ScriptArguments):
-    """Model, reward model and prompt data of an online RL run."""
+class PromptScriptArguments(ScriptArguments):
+    """Model and prompt data of an online RL run."""
 
     dataset_name: str = field(
         default="hh-rlhf-harmless-last-turn",
@@ -84,6 +84,12 @@ class RLScriptArguments(ScriptArguments):
             ".json/.jsonl/.parquet/.csv file, a folder saved with save_to_disk, or a hub dataset id."
         },
     )
+
+
+@dataclass
+class RLScriptArguments(PromptScriptArguments):
+    """Model, reward model and prompt data of an online RL run."""
+
     reward_model_path: str = field(
         default="outputs/recipes/quickstart-brme",
         metadata={"help": "BRME checkpoint (trained with `trl-robust reward`) whose heads give the reward."},

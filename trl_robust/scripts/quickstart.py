@@ -1,10 +1,11 @@
 """
-Quickstart on the embedded default: train a Bayesian Reward Model Ensemble on the 1,800 human preference pairs that
-ship with the package, on a small real pretrained model that loads offline, then report and plot.
+Quickstart on the embedded default, offline: train a Bayesian Reward Model Ensemble on the 1,800 human preference
+pairs that ship with the package, then run robust PPO of a small real policy against it on prompts from the same
+data, then print a summary table and write plots.
 
-    python -m trl_robust.scripts.quickstart                       # all-MiniLM-L6-v2 backbone, a few minutes on CPU
-    python -m trl_robust.scripts.quickstart --backbone smollm2    # SmolLM2-135M-Instruct (slower on CPU)
-    python -m trl_robust.scripts.quickstart --backbone path/or/hub-id --num-heads 5 --epochs 2
+    python -m trl_robust.scripts.quickstart                            # MiniLM BRME, SmolLM2-135M-Instruct policy
+    python -m trl_robust.scripts.quickstart --ppo-updates 0            # reward model only
+    python -m trl_robust.scripts.quickstart --backbone smollm2 --policy path/or/hub-id --robust-lambda 0.6
 """
 
 import argparse
@@ -12,45 +13,77 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trl_robust import BRMERewardConfig, BRMERewardModel, BRMERewardTrainer, load_hh_rlhf_harmless
+from trl_robust import (
+    BRMERewardConfig,
+    BRMERewardModel,
+    BRMERewardTrainer,
+    RobustPPOConfig,
+    RobustPPOTrainer,
+    load_hh_rlhf_harmless,
+)
 from trl_robust.offline_models import all_minilm_l6_v2, smollm2_135m_instruct
 from trl_robust.plotting import plot_log_history
 
-BACKBONES = {"minilm": all_minilm_l6_v2, "smollm2": smollm2_135m_instruct}
-REPORTED = ["accuracy", "accuracy_nominal", "accuracy_worst", "accuracy_mean", "ece", "mean_std", "head_disagreement"]
+MODELS = {"minilm": all_minilm_l6_v2, "smollm2": smollm2_135m_instruct}
+RM_REPORTED = [
+    "accuracy",
+    "accuracy_nominal",
+    "accuracy_worst",
+    "accuracy_mean",
+    "ece",
+    "mean_std",
+    "head_disagreement",
+]
+PPO_REPORTED = [
+    "robust/robust",
+    "robust/nominal",
+    "robust/worst",
+    "robust/mean",
+    "objective/kl",
+    "objective/rlhf_reward",
+    "robust/mean_std",
+    "robust/head_disagreement",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="minilm", help="'minilm', 'smollm2', or any checkpoint path / hub id")
-    parser.add_argument("--output-dir", default="outputs/quickstart", help="where the model, metrics and plot go")
+    parser.add_argument("--backbone", default="minilm", help="BRME backbone: 'minilm', 'smollm2', or a path / hub id")
+    parser.add_argument("--policy", default="smollm2", help="PPO policy: 'smollm2', or a causal LM path / hub id")
+    parser.add_argument("--output-dir", default="outputs/quickstart", help="where models, metrics and plots go")
     parser.add_argument("--num-heads", type=int, default=5, help="Gaussian heads K")
     parser.add_argument("--robust-lambda", type=float, default=0.4, help="weight of the nominal reward")
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training pairs")
-    parser.add_argument("--max-train-pairs", type=int, default=None, help="use only this many training pairs")
-    parser.add_argument("--max-length", type=int, default=128, help="pairs longer than this (tokens) are dropped")
-    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=1.0, help="reward model: passes over the training pairs")
+    parser.add_argument("--max-train-pairs", type=int, default=None, help="reward model: use only this many pairs")
+    parser.add_argument("--max-length", type=int, default=128, help="reward model: longer pairs (tokens) are dropped")
+    parser.add_argument("--batch-size", type=int, default=16, help="reward model: pairs per step")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="reward model learning rate")
+    parser.add_argument("--ppo-updates", type=int, default=8, help="PPO updates (0: reward model only)")
+    parser.add_argument("--ppo-batch-size", type=int, default=8, help="prompts per PPO update")
+    parser.add_argument("--response-length", type=int, default=24, help="PPO: new tokens per response")
+    parser.add_argument("--ppo-learning-rate", type=float, default=3e-6)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    out = Path(args.output_dir)
-    path = BACKBONES[args.backbone]() if args.backbone in BACKBONES else args.backbone
-    print(f"[trl-robust] backbone: {path}")
+def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n{title}\n| {'metric':<26} | {'start':>9} | {'end':>9} |\n|{'-' * 28}|{'-' * 11}|{'-' * 11}|")
+    for name, start, end in rows:
+        print(f"| {name:<26} | {start:>9.4f} | {end:>9.4f} |")
+
+
+def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
+    path = MODELS[args.backbone]() if args.backbone in MODELS else args.backbone
+    print(f"[trl-robust] 1/2 BRME reward model on {path}")
     # Prompts cut to their last Human turn keep inputs short; the replies the humans compared stay whole.
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     train = data["train"]
     if args.max_train_pairs is not None:
         train = train.select(range(min(args.max_train_pairs, len(train))))
-
-    use_gpu = torch.cuda.is_available()
     config = BRMERewardConfig(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / "brme_checkpoints"),
         num_heads=args.num_heads,
         robust_lambda=args.robust_lambda,
         num_train_epochs=args.epochs,
@@ -65,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_strategy="no",
         report_to="none",
         seed=args.seed,
-        dataloader_pin_memory=use_gpu,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     model = BRMERewardModel.from_backbone(path, num_heads=args.num_heads, robust_lambda=args.robust_lambda)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -75,20 +108,19 @@ def main(argv: list[str] | None = None) -> dict:
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
-    trainer.save_model(str(out / "brme"))
-    tokenizer.save_pretrained(str(out / "brme"))
+    brme_dir = out / "brme"
+    trainer.save_model(str(brme_dir))
+    tokenizer.save_pretrained(str(brme_dir))
 
-    rows = [(name, before[f"eval_{name}"], after[f"eval_{name}"]) for name in REPORTED]
+    rows = [(name, before[f"eval_{name}"], after[f"eval_{name}"]) for name in RM_REPORTED]
     rows += [
         (f"accuracy_head_{k}", before[f"eval_accuracy_head_{k}"], after[f"eval_accuracy_head_{k}"])
         for k in range(args.num_heads)
     ]
-    print(f"\nHeld-out pairs: {len(trainer.eval_dataset)}  (train pairs: {len(trainer.train_dataset)})")
-    print(f"| {'metric':<20} | {'start':>8} | {'end':>8} |\n|{'-' * 22}|{'-' * 10}|{'-' * 10}|")
-    for name, start, end in rows:
-        print(f"| {name:<20} | {start:>8.3f} | {end:>8.3f} |")
-
-    plot = plot_log_history(
+    print_table(
+        f"BRME on {len(trainer.eval_dataset)} held-out human pairs ({len(trainer.train_dataset)} trained on)", rows
+    )
+    plot_log_history(
         [dict(before, step=0), *trainer.state.log_history],  # train() starts a new history: keep the start
         {
             "loss": ["loss", "eval_loss"],
@@ -103,9 +135,80 @@ def main(argv: list[str] | None = None) -> dict:
         out / "brme_training.png",
         f"BRME (K={args.num_heads}) on HH-RLHF harmless, backbone {Path(str(path)).name}",
     )
-    summary = {"backbone": str(path), "start": before, "end": after, "model_dir": str(out / "brme"), "plot": str(plot)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nModel: {out / 'brme'}\nPlot: {plot}\nMetrics: {out / 'summary.json'}")
+    return str(brme_dir), {"start": before, "end": after}
+
+
+def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
+    policy_path = MODELS[args.policy]() if args.policy in MODELS else args.policy
+    print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
+    data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
+    prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    reward_tokenizer = AutoTokenizer.from_pretrained(brme_dir)
+    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
+    config = RobustPPOConfig(
+        output_dir=str(out / "ppo"),
+        reward_aggregation="robust",
+        robust_lambda=args.robust_lambda,
+        per_device_train_batch_size=args.ppo_batch_size,
+        local_rollout_forward_batch_size=args.ppo_batch_size,
+        total_episodes=args.ppo_updates * args.ppo_batch_size,
+        num_ppo_epochs=2,
+        response_length=args.response_length,
+        stop_token="eos",
+        learning_rate=args.ppo_learning_rate,
+        kl_coef=0.05,
+        logging_steps=1,
+        num_sample_generations=0,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+    )
+    trainer = RobustPPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=AutoModelForCausalLM.from_pretrained(policy_path),
+        ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
+        reward_model=BRMERewardModel.from_pretrained(brme_dir),
+        train_dataset=prompts,
+        # The value model reads the policy's tokens: start it from the RM when they share a tokenizer, else the policy.
+        value_model=AutoModelForSequenceClassification.from_pretrained(
+            brme_dir if same_tokenizer else policy_path, num_labels=1
+        ),
+        reward_processing_class=None if same_tokenizer else reward_tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(out / "ppo_policy"))
+    tokenizer.save_pretrained(str(out / "ppo_policy"))
+    logs = [entry for entry in trainer.state.log_history if "robust/robust" in entry]
+    print_table(
+        f"Robust PPO over {len(logs)} updates ({config.total_episodes} episodes)",
+        [(name, logs[0][name], logs[-1][name]) for name in PPO_REPORTED],
+    )
+    plot_log_history(
+        logs,
+        {
+            "reward terms": ["robust/robust", "robust/nominal", "robust/worst", "robust/mean"],
+            "KL to the reference": ["objective/kl"],
+            "uncertainty": ["robust/mean_std", "robust/head_disagreement"],
+        },
+        out / "robust_ppo.png",
+        f"Robust PPO (lambda={args.robust_lambda}) of {Path(str(policy_path)).name}",
+    )
+    return {"start": logs[0], "end": logs[-1]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    brme_dir, reward_summary = train_reward_model(args, out)
+    summary = {"reward_model": reward_summary, "model_dir": brme_dir, "plots": [str(out / "brme_training.png")]}
+    if args.ppo_updates > 0:
+        summary["robust_ppo"] = run_robust_ppo(args, out, brme_dir)
+        summary["plots"].append(str(out / "robust_ppo.png"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"\nReward model: {brme_dir}\nPlots: {', '.join(summary['plots'])}\nMetrics: {out / 'summary.json'}")
     return summary
 
 

@@ -1,0 +1,68 @@
+"""
+Robust PPO: optimise a policy on a BRME's aggregated reward (or a plain reward model's score) with `RobustPPOTrainer`.
+
+    trl-robust ppo --config recipes/quickstart/ppo.yaml [--robust_lambda 0.6 ...]
+    accelerate launch --config_file zero3.yaml -m trl_robust.scripts.train_ppo --config recipe.yaml
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from trl_robust import RobustPPOConfig, RobustPPOTrainer
+from trl_robust.recipe_parser import RecipeParser
+from trl_robust.script_args import PromptScriptArguments, load_splits, prompts_only, resolve_model
+
+
+@dataclass
+class PPOScriptArguments(PromptScriptArguments):
+    """Policy, value model and prompt data of a PPO run; the reward model is RobustPPOConfig's `reward_model_path`, as
+    in TRL's PPO scripts."""
+
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow checkpoints that ship their own Python code (off: only safe loading)."}
+    )
+    value_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Initial value model; by default the reward model when it shares the policy's tokenizer "
+            "(the usual PPO choice), else the policy with a fresh one-output head."
+        },
+    )
+
+
+def load_models(script_args: PPOScriptArguments, training_args: RobustPPOConfig) -> dict:
+    """Policy, reference, reward and value models and both tokenizers of a run."""
+    remote = {"trust_remote_code": script_args.trust_remote_code}
+    policy_path = resolve_model(script_args.model_name_or_path)
+    reward_path = resolve_model(training_args.reward_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path, **remote)
+    reward_tokenizer = AutoTokenizer.from_pretrained(reward_path, **remote)
+    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
+    value_path = script_args.value_model_path or (reward_path if same_tokenizer else policy_path)
+    return {
+        "processing_class": tokenizer,
+        "model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
+        "ref_model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
+        "reward_model": AutoModelForSequenceClassification.from_pretrained(reward_path, **remote),
+        "value_model": AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1, **remote),
+        "reward_processing_class": None if same_tokenizer else reward_tokenizer,
+    }
+
+
+def main(argv: list[str] | None = None) -> RobustPPOTrainer:
+    parser = RecipeParser((PPOScriptArguments, RobustPPOConfig), prog="trl-robust ppo", description=__doc__)
+    script_args, training_args = parser.parse_recipe_and_args(argv)
+    train, test = load_splits(script_args)
+    train, test = prompts_only(train, script_args.dataset_name), prompts_only(test, script_args.dataset_name)
+    trainer = RobustPPOTrainer(
+        args=training_args, train_dataset=train, eval_dataset=test, **load_models(script_args, training_args)
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    trainer.processing_class.save_pretrained(training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
