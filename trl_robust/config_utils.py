@@ -1,6 +1,7 @@
 """Defaults shared by the package's trainer configs."""
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,3 +41,44 @@ def aggregation_params(config) -> dict[str, float]:
         "uwo": {"c": config.uwo_coef},
         "kl_dro": {"beta": config.kl_dro_beta},
     }.get(config.reward_aggregation, {})
+
+
+@dataclass
+class RobustRewardFields:
+    """
+    The fields of the robust RL configs (PPO, GRPO, RLOO) that say how a BRME's K heads become one reward:
+
+    - `reward_aggregation` (`"robust"`): one of `"robust"`, `"nominal"`, `"worst"`, `"mean"`, `"uwo"`, `"kl_dro"`
+      (see `trl_robust.rewards`);
+    - `robust_lambda` (0.4): weight of the nominal reward in `lambda * nominal + (1 - lambda) * worst`;
+    - `uwo_coef` (1.0): variance penalty c of `uwo = mean - c * Var_k mu_k` (Coste et al. 2023);
+    - `kl_dro_beta` (1.0): temperature of `kl_dro = -beta * log mean_k exp(-mu_k / beta)` (arXiv 2606.09073).
+    """
+
+    reward_aggregation: str = field(
+        default="robust",
+        metadata={
+            "help": "How the BRME's K Gaussian heads become one reward. 'robust': lambda * nominal + (1 - lambda) * "
+            "worst; 'nominal': mean of the most confident head; 'worst': min over head means; 'mean': ensemble mean; "
+            "'uwo': mean - c * variance of the head means; 'kl_dro': -beta * log mean_k exp(-mu_k / beta).",
+            "choices": list(AGGREGATIONS),
+        },
+    )
+    robust_lambda: float = field(
+        default=0.4,
+        metadata={
+            "help": "Weight of the nominal reward in the robust reward lambda * nominal + (1 - lambda) * worst, in "
+            "[0, 1]: 1 is standard RLHF on the most confident head, 0 is pure worst case."
+        },
+    )
+    uwo_coef: float = field(
+        default=1.0,
+        metadata={"help": "Variance penalty c >= 0 of the 'uwo' aggregation, mean - c * variance of the head means."},
+    )
+    kl_dro_beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "Temperature beta > 0 of the 'kl_dro' aggregation, -beta * log mean_k exp(-mu_k / beta): it "
+            "tends to the worst head as beta -> 0 and to the ensemble mean as beta -> inf."
+        },
+    )

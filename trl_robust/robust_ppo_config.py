@@ -5,12 +5,11 @@ from typing import Literal
 
 from trl.trainer.base_config import _BaseConfig
 
-from .config_utils import check_reward_aggregation, resolve_bf16
-from .rewards import AGGREGATIONS
+from .config_utils import RobustRewardFields, check_reward_aggregation, resolve_bf16
 
 
 @dataclass
-class RobustPPOConfig(_BaseConfig):
+class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     r"""
     Configuration for [`RobustPPOTrainer`].
 
@@ -120,22 +119,6 @@ class RobustPPOConfig(_BaseConfig):
             "generates from sharded weights (slow, for models larger than one device)."
         },
     )
-
-    # The robust reward.
-    reward_aggregation: str = field(
-        default="robust",
-        metadata={
-            "help": "How a BRME's heads become the score: 'robust' (lambda * nominal + (1 - lambda) * worst), "
-            "'nominal', 'worst', 'mean', 'uwo' (mean - c * var) or 'kl_dro'. Ignored for a plain reward "
-            "model.",
-            "choices": list(AGGREGATIONS),
-        },
-    )
-    robust_lambda: float = field(
-        default=0.4, metadata={"help": "Weight of the nominal reward in 'robust' (1: nominal only, 0: worst only)."}
-    )
-    uwo_coef: float = field(default=1.0, metadata={"help": "Variance penalty c of 'uwo' (Coste et al. 2023)."})
-    kl_dro_beta: float = field(default=1.0, metadata={"help": "Temperature beta of 'kl_dro'."})
 
     def __post_init__(self):
         self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
