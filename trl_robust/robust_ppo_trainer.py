@@ -889,7 +889,7 @@ class RobustPPOTrainer(_BaseTrainer):
         scores = batch["scores"]
         ratios = gather(stats["ratio"].float())
         metrics = {
-            "eps": int(self._session_episodes / max(time.time() - self._start_time, 1e-9)),
+            "eps": self._session_episodes / max(time.time() - self._start_time, 1e-9),  # a float: < 1 on CPUs
             "objective/kl": mean(kl_per_sample),
             "objective/entropy": mean((-batch["logprobs"] * mask).sum(1)),
             "objective/non_score_reward": mean(non_score),
