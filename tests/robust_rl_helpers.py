@@ -154,9 +154,10 @@ def step_logs(trainer, key: str = "brme/robust") -> list[dict]:
     return [entry for entry in trainer.state.log_history if key in entry]
 
 
-def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir) -> None:
-    """Two CPU processes under DeepSpeed ZeRO-3 (tests/scripts/ds_robust_rl.py): the BRME is a DeepSpeed engine with
-    partitioned weights, and the run logs the robust reward it optimised."""
+def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir, stage: int = 3) -> None:
+    """Two CPU processes under DeepSpeed ZeRO-2 or ZeRO-3 (tests/scripts/ds_robust_rl.py): the BRME is a DeepSpeed
+    engine (with partitioned weights under ZeRO-3), the run logs the robust reward it optimised, and the saved policy is
+    one consolidated safetensors file holding trained weights."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
     from trl_robust.accelerate_configs import config_path
 
@@ -169,7 +170,7 @@ def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir) -> None:
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        config_path("cpu_zero3"),
+        config_path(f"cpu_zero{stage}"),
         "--num_processes",
         "2",
         "--main_process_port",
@@ -197,8 +198,14 @@ def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir) -> None:
     if proc.returncode != 0:
         pytest.fail(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     info = json.loads((out / "run_info.json").read_text())
-    assert info["zero_stage"] == 3 and info["world_size"] == 2
-    assert info["brme_is_engine"] and info["brme_partitioned"]
+    assert info["zero_stage"] == stage and info["world_size"] == 2
+    assert info["brme_is_engine"] and info["brme_partitioned"] == (stage == 3)
     logs = [entry for entry in info["log_history"] if "brme/robust" in entry]
     key = f"rewards/{brme_dir.name}/mean"
     assert logs and all(abs(entry[key] - entry["brme/robust"]) < 1e-5 for entry in logs)
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "policy" / "model.safetensors")
+    initial = load_file(Path(policy_dir) / "model.safetensors")
+    assert set(saved) == set(initial) and all(saved[k].numel() == initial[k].numel() for k in initial)
+    assert any(not torch.equal(saved[k].float(), initial[k].float()) for k in initial)  # trained, not re-saved

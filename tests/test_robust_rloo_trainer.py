@@ -149,6 +149,7 @@ def test_arguments_are_checked(tmp_path, smol_tokenizer, policy_dir, brme_dir):
 
 
 @pytest.mark.slow
-def test_zero3_shards_the_brme(tmp_path, brme_dir, policy_dir):
-    """Two CPU processes under DeepSpeed ZeRO-3: the BRME is a DeepSpeed engine with partitioned weights."""
-    run_deepspeed_script("rloo", tmp_path, brme_dir, policy_dir)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_runs_and_saves(tmp_path, brme_dir, policy_dir, stage):
+    """Two CPU processes under DeepSpeed ZeRO-2 / ZeRO-3: trains, shards the BRME under ZeRO-3, saves the policy."""
+    run_deepspeed_script("rloo", tmp_path, brme_dir, policy_dir, stage)

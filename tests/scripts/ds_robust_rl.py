@@ -1,6 +1,6 @@
 """
 Run RobustGRPOTrainer or RobustRLOOTrainer under DeepSpeed (run by the slow tests of tests/test_robust_*_trainer.py
-through `accelerate launch` with `cpu_zero3.yaml`).
+through `accelerate launch` with `cpu_zero2.yaml` or `cpu_zero3.yaml`), then save the policy (consolidated).
 
     DS_ACCELERATOR=cpu accelerate launch --config_file trl_robust/accelerate_configs/cpu_zero3.yaml \
         tests/scripts/ds_robust_rl.py --trainer grpo --policy POLICY_DIR --brme BRME_DIR --output_dir OUT
@@ -58,6 +58,7 @@ def main() -> None:
         else False,
     }
     trainer.train()
+    trainer.save_model(os.path.join(cli.output_dir, "policy"))  # every rank: ZeRO-3 gathers the shards
     if trainer.accelerator.is_main_process:
         os.makedirs(cli.output_dir, exist_ok=True)
         with open(os.path.join(cli.output_dir, "run_info.json"), "w") as f:
