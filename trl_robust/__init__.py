@@ -4,6 +4,7 @@ from .brme_reward_config import BRMERewardConfig
 from .brme_reward_trainer import BRMERewardTrainer
 from .configuration_brme import BRMEConfig
 from .data import load_hh_rlhf_harmless
+from .evaluation import evaluate_reward_model
 from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
 from .robust_grpo_config import RobustGRPOConfig
 from .robust_grpo_trainer import RobustGRPOTrainer
@@ -32,5 +33,6 @@ __all__ = [
     "RobustRLOOConfig",
     "RobustRLOOTrainer",
     "__version__",
+    "evaluate_reward_model",
     "load_hh_rlhf_harmless",
 ]

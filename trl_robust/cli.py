@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "ppo": ("trl_robust.scripts.train_ppo", "robust PPO on a BRME reward (RobustPPOTrainer)"),
     "grpo": ("trl_robust.scripts.train_grpo", "robust GRPO on a BRME reward (RobustGRPOTrainer)"),
     "rloo": ("trl_robust.scripts.train_rloo", "robust RLOO on a BRME reward (RobustRLOOTrainer)"),
+    "evaluate": ("trl_robust.scripts.evaluate_rm", "evaluate a reward model: accuracy, calibration, uncertainty"),
     "quickstart": ("trl_robust.scripts.quickstart", "the offline demo on the shipped data"),
 }
 

@@ -28,3 +28,24 @@ def plot_log_history(log_history: list[dict], panels: dict[str, list[str]], path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_reliability(bins: list[dict], ece: float, path: str | Path) -> Path:
+    """Reliability diagram of preference predictions: accuracy against confidence per bin, pair counts annotated."""
+    bins = [b for b in bins if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0.5, 1.0], [0.5, 1.0], "--", color="gray", label="perfect calibration")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="reward model")
+    for b in bins:
+        ax.annotate(
+            str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set_xlabel("confidence max(p, 1 - p)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {ece:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,66 @@
+"""
+Evaluate a reward model (a BRME, or a plain TRL reward model for comparison) on preference pairs: accuracy of each
+head and aggregation, calibration (ECE, Brier, reliability diagram), AUROC of the uncertainty for mispredictions.
+Writes metrics.json, metrics.md and reliability.png to --output_dir.
+
+    trl-robust evaluate --model_name_or_path outputs/quickstart/brme --dataset_name hh-rlhf-harmless-last-turn
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from trl_robust.evaluation import evaluate_reward_model
+from trl_robust.recipe_parser import RecipeParser
+from trl_robust.script_args import ScriptArguments, load_splits, resolve_model
+
+
+@dataclass
+class EvaluateArguments(ScriptArguments):
+    model_name_or_path: str = field(
+        default="outputs/quickstart/brme", metadata={"help": "Reward model checkpoint (BRME or plain) to evaluate."}
+    )
+    dataset_name: str = field(
+        default="hh-rlhf-harmless-last-turn",
+        metadata={
+            "help": "Preference pairs: 'hh-rlhf-harmless', 'hh-rlhf-harmless-last-turn' (shipped), a "
+            ".json/.jsonl/.parquet/.csv file, a folder saved with save_to_disk, or a hub dataset id."
+        },
+    )
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where the report is written."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
+    max_length: int | None = field(default=None, metadata={"help": "Drop (and count) pairs longer than this."})
+    robust_lambda: float | None = field(
+        default=None, metadata={"help": "Nominal weight of the robust reward; the BRME's own when unset."}
+    )
+    calibration_bins: int = field(default=10, metadata={"help": "Confidence bins of ECE and the reliability plot."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = RecipeParser((EvaluateArguments,), prog="trl-robust evaluate", description=__doc__).parse_recipe_and_args(
+        argv
+    )
+    path = resolve_model(args.model_name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    split = args.dataset_test_split or args.dataset_train_split
+    args.dataset_test_split = split
+    _, pairs = load_splits(args)
+    metrics = evaluate_reward_model(
+        model,
+        tokenizer,
+        pairs,
+        args.batch_size,
+        args.max_length,
+        args.robust_lambda,
+        args.calibration_bins,
+        args.output_dir,
+    )
+    print((Path(args.output_dir) / "metrics.md").read_text())
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
