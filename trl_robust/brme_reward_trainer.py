@@ -18,6 +18,7 @@ from .brme_reward_config import BRMERewardConfig
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
 from .tokenization import tokenize_for_reward
+from .validation import check_row, validate_preference_rows
 
 PROBIT_SCALE = math.pi / 8.0  # E[sigmoid(z)] ~ sigmoid(m / sqrt(1 + pi/8 * v)) for z ~ N(m, v) (MacKay 1992)
 
@@ -214,7 +215,14 @@ class BRMERewardTrainer(RewardTrainer):
         if isinstance(dataset, Dataset):
             map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} dataset"}
 
-        def tokenize(example):
+        lazy = not isinstance(dataset, Dataset)  # an IterableDataset is checked row by row as it is tokenized
+        if not is_tokenized and not lazy:
+            validate_preference_rows(dataset, dataset_name)  # one cheap pass, before any tokenisation
+        text_columns = [c for c in ("prompt", "chosen", "rejected") if c in columns]
+
+        def tokenize(example, index):
+            if lazy:
+                check_row(example, text_columns, dataset_name, index)
             common = dict(
                 prompt=example.get("prompt"),
                 tools=example.get("tools"),
@@ -227,7 +235,7 @@ class BRMERewardTrainer(RewardTrainer):
 
         with global_then_local_main_first():
             if not is_tokenized:
-                dataset = dataset.map(tokenize, **map_kwargs)
+                dataset = dataset.map(tokenize, with_indices=True, **map_kwargs)
             if args.max_length is not None:
                 before = len(dataset) if isinstance(dataset, Dataset) else None
                 if isinstance(dataset, Dataset):

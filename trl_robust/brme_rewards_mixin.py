@@ -14,6 +14,7 @@ from .config_utils import aggregation_params
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
 from .scoring import BRMEScorer, BRMEScores
+from .validation import check_finite_scores
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,12 @@ class BRMERewardsMixin:
 
         def brme_reward(index):
             def score(prompts, completions, tools=None, **kwargs):
-                scored[index] = self.brme_scorers[index].score(prompts, completions, tools)
+                scored[index] = result = self.brme_scorers[index].score(prompts, completions, tools)
+                where = (
+                    f"{type(self).__name__}, reward {self.reward_func_names[index]!r} at step {self.state.global_step} "
+                    f"(process {self.accelerator.process_index})"
+                )
+                check_finite_scores(result.rewards, where, result.means, result.stds)
                 return scored[index].rewards.tolist()
 
             return score

@@ -36,6 +36,7 @@ from .config_utils import aggregation_params
 from .modeling_brme import BRMERewardModel
 from .robust_ppo_config import RobustPPOConfig
 from .tokenization import tokenize_for_reward
+from .validation import check_finite_scores, validate_prompt_rows
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -582,6 +583,7 @@ class RobustPPOTrainer(_BaseTrainer):
             return dataset
         if "prompt" not in columns:
             raise ValueError(f"The {name} dataset needs an `input_ids` or a `prompt` column; it has {columns}.")
+        validate_prompt_rows(dataset, name)
         tokenizer = self.tokenizer
 
         def tokenize(row):
@@ -791,6 +793,12 @@ class RobustPPOTrainer(_BaseTrainer):
                 stds.append(scored["stds"])
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
         values, raw_scores = torch.cat(values).float(), torch.cat(scores)
+        check_finite_scores(
+            raw_scores,
+            f"RobustPPOTrainer, update {self.state.global_step + 1} (process {self.accelerator.process_index})",
+            torch.cat(means) if means else None,
+            torch.cat(stds) if stds else None,
+        )
 
         scores = apply_missing_stop_penalty(raw_scores, has_stop, args.missing_eos_penalty)
         kl = kl_penalty(logprobs, ref_logprobs, args.kl_estimator) * response_mask

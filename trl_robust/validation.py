@@ -1,0 +1,104 @@
+"""Checks of text and conversational rows before tokenisation, so that bad data fails with an error naming the dataset,
+the column and the row instead of a `TypeError` deep inside a tokenizer or a chat template."""
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+ALLOWED = "a non-empty string or a non-empty list of {'role': str, 'content': str} messages"
+
+
+def _where(dataset_name: str, row: int, column: str) -> str:
+    return f"The {dataset_name} dataset, row {row}, column {column!r}"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:80]}... ({type(value).__name__})" if len(text) > 80 else f"{text} ({type(value).__name__})"
+
+
+def check_field(value: Any, dataset_name: str, row: int, column: str) -> str:
+    """
+    Check one prompt / completion value and return its format, `"text"` or `"conversational"`. Raises a `ValueError`
+    naming the dataset, row and column for None, an empty string, a non-string, or a broken list of messages (a
+    message that is not a dict with string 'role' and 'content', or a role outside `ROLES`).
+    """
+    where = _where(dataset_name, row, column)
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{where} is an empty string; expected {ALLOWED}.")
+        return "text"
+    if not isinstance(value, list):
+        raise ValueError(f"{where} is {_describe(value)}; expected {ALLOWED}.")
+    if not value:
+        raise ValueError(f"{where} is an empty list of messages; expected {ALLOWED}.")
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"{where}, message {i} is {_describe(message)}; expected a dict with 'role', 'content'.")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise ValueError(f"{where}, message {i} has role {_describe(role)}; expected one of {list(ROLES)}.")
+        content = message.get("content")
+        if content is None and message.get("tool_calls"):
+            continue  # an assistant turn that only calls tools
+        if not isinstance(content, str):
+            raise ValueError(f"{where}, message {i} has content {_describe(content)}; expected a string.")
+    return "conversational"
+
+
+def check_row(example: Mapping[str, Any], columns: Iterable[str], dataset_name: str, row: int) -> None:
+    """Check the given columns of one row (a `prompt` that is absent or None in a row is skipped only when it is not
+    among `columns`) and that they are all text or all conversational."""
+    formats = {column: check_field(example.get(column), dataset_name, row, column) for column in columns}
+    if len(set(formats.values())) > 1:
+        kinds = ", ".join(f"{column!r} is {kind}" for column, kind in formats.items())
+        raise ValueError(
+            f"The {dataset_name} dataset, row {row} mixes formats ({kinds}); a row must be all text or all "
+            "conversational (lists of messages)."
+        )
+
+
+def validate_rows(dataset: Dataset, columns: list[str], dataset_name: str, batch_size: int = 1000) -> None:
+    """One pass in Python over `columns` of a `Dataset` (read in Arrow batches), checking every row with `check_row`."""
+    present = [c for c in columns if c in dataset.column_names]
+    row = 0
+    for batch in dataset.select_columns(present).iter(batch_size=batch_size):
+        for values in zip(*(batch[c] for c in present), strict=True):
+            check_row(dict(zip(present, values, strict=True)), present, dataset_name, row)
+            row += 1
+
+
+def validate_preference_rows(dataset: Dataset, dataset_name: str) -> None:
+    """`chosen`, `rejected` and (when the column exists) `prompt` of preference data."""
+    validate_rows(dataset, ["prompt", "chosen", "rejected"], dataset_name)
+
+
+def validate_prompt_rows(dataset: Dataset, dataset_name: str) -> None:
+    """The `prompt` column of RL prompt data."""
+    validate_rows(dataset, ["prompt"], dataset_name)
+
+
+def check_finite_scores(
+    rewards: torch.Tensor, where: str, means: torch.Tensor | None = None, stds: torch.Tensor | None = None
+) -> None:
+    """
+    Raise a `FloatingPointError` naming `where` (the trainer and update/step), the sample and, for the BRME heads'
+    `means` / `stds` `[N, K]`, the head, at the first non-finite value; `rewards` `[N]` is checked last. A NaN reward
+    would otherwise flow silently into advantages and weights.
+    """
+    hint = (
+        "The reward model returns non-finite values: check its weights (a NaN or inf parameter), its dtype (fp16 "
+        "overflows), and the input text."
+    )
+    for name, values in (("mean", means), ("std", stds)):
+        if values is not None and not torch.isfinite(values).all():
+            sample, head = (int(i) for i in (~torch.isfinite(values)).nonzero()[0])
+            raise FloatingPointError(
+                f"{where}: head {head}'s reward {name} for sample {sample} is {values[sample, head].item()}. {hint}"
+            )
+    if not torch.isfinite(rewards).all():
+        sample = int((~torch.isfinite(rewards)).nonzero()[0, 0])
+        raise FloatingPointError(f"{where}: the reward of sample {sample} is {rewards[sample].item()}. {hint}")
