@@ -73,7 +73,12 @@ class RecipeParser(HfArgumentParser):
             del args[at : at + 2]
             if not path.is_file():
                 raise RecipeError(f"Recipe {str(path)!r} does not exist.")
-            recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            try:  # safe_load: a tag such as !!python/object is refused, never run
+                recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as error:
+                raise RecipeError(
+                    f"{path} is not plain YAML (Python tags such as !!python/object are refused): {error}"
+                ) from error
             if not isinstance(recipe, dict):
                 raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(recipe).__name__}.")
             for key, value in (recipe.pop("env", None) or {}).items():
