@@ -61,14 +61,22 @@ def check_row(example: Mapping[str, Any], columns: Iterable[str], dataset_name: 
         )
 
 
+def check_rows(rows: Iterable[Mapping[str, Any]], columns: list[str], dataset_name: str) -> None:
+    """`check_row` on every row of an iterable of dicts, numbered from 0."""
+    for row, example in enumerate(rows):
+        check_row(example, columns, dataset_name, row)
+
+
 def validate_rows(dataset: Dataset, columns: list[str], dataset_name: str, batch_size: int = 1000) -> None:
     """One pass in Python over `columns` of a `Dataset` (read in Arrow batches), checking every row with `check_row`."""
     present = [c for c in columns if c in dataset.column_names]
-    row = 0
-    for batch in dataset.select_columns(present).iter(batch_size=batch_size):
-        for values in zip(*(batch[c] for c in present), strict=True):
-            check_row(dict(zip(present, values, strict=True)), present, dataset_name, row)
-            row += 1
+
+    def rows():
+        for batch in dataset.select_columns(present).iter(batch_size=batch_size):
+            for values in zip(*(batch[c] for c in present), strict=True):
+                yield dict(zip(present, values, strict=True))
+
+    check_rows(rows(), present, dataset_name)
 
 
 def validate_preference_rows(dataset: Dataset, dataset_name: str) -> None:
