@@ -1,0 +1,86 @@
+"""
+Train a tiny BRME on CPU with checkpoints every 2 steps (run by tests/test_kill_resume.py in a subprocess).
+
+    python tests/scripts/resume_brme.py --output_dir OUT [--pause_after_save FLAG] [--resume]
+
+`--pause_after_save FLAG` writes FLAG once the first checkpoint is complete and then sleeps, so the test can SIGKILL
+the process at a known point; `--resume` continues from the last checkpoint in OUT. At the end the final model is saved
+to OUT/final and the log history to OUT/log_history.json.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, LlamaConfig, TrainerCallback
+
+from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
+MAX_STEPS, SAVE_STEPS = 8, 2
+
+
+class PauseAfterFirstSave(TrainerCallback):
+    def __init__(self, flag: Path):
+        self.flag = flag
+
+    def on_save(self, args, state, control, **kwargs):
+        if not self.flag.exists():
+            self.flag.write_text(str(state.global_step))
+            time.sleep(120)  # killed here
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--pause_after_save")
+    parser.add_argument("--resume", action="store_true")
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = BRMERewardModel(BRMEConfig(text_config=text.to_dict(), num_heads=3))
+    subjects = ["the food", "the film", "this book", "the hotel"]
+    rows = [
+        {"chosen": f"I think {subjects[i % 4]} was great {i}", "rejected": f"I think {subjects[i % 4]} was awful {i}"}
+        for i in range(48)
+    ]
+    args = BRMERewardConfig(
+        output_dir=cli.output_dir,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_steps=MAX_STEPS,
+        save_strategy="steps",
+        save_steps=SAVE_STEPS,
+        logging_steps=1,
+        gradient_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    callbacks = [PauseAfterFirstSave(Path(cli.pause_after_save))] if cli.pause_after_save else None
+    trainer = BRMERewardTrainer(
+        model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks
+    )
+    trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    trainer.save_model(str(Path(cli.output_dir) / "final"))
+    (Path(cli.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+
+
+if __name__ == "__main__":
+    main()
