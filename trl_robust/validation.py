@@ -1,5 +1,6 @@
 """Checks of text and conversational rows before tokenisation, so that bad data fails with an error naming the dataset,
-the column and the row instead of a `TypeError` deep inside a tokenizer or a chat template."""
+the column and the row instead of a `TypeError` deep inside a tokenizer or a chat template; and of scored rewards, so
+that a non-finite one stops a run instead of flowing into advantages and weights."""
 
 from collections.abc import Iterable, Mapping
 from typing import Any
