@@ -313,3 +313,16 @@ def test_a_trl_reward_script_runs_with_the_class_swapped(tmp_path, smol_tokenize
     )
     assert set(trl_metrics) <= set(ours)  # every metric a TRL user reads is still there
     assert isinstance(BRMERewardModel.from_pretrained(tmp_path / "ours"), BRMERewardModel)
+
+
+def test_a_string_model_gets_the_same_heads_for_the_same_seed(tmp_path, smol_tokenizer):
+    plain = tmp_path / "plain"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
+    smol_tokenizer.save_pretrained(plain)
+    data = Dataset.from_list(preference_rows(8))
+    heads = []
+    for run, seed in enumerate((0, 0, 1)):
+        torch.manual_seed(100 + run)  # whatever the global RNG holds before the trainer
+        trainer = BRMERewardTrainer(model=str(plain), args=config(tmp_path / str(run), seed=seed), train_dataset=data)
+        heads.append(trainer.model.score.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig
+from transformers import AutoConfig, set_seed
 from trl import RewardTrainer
 from trl.trainer.utils import global_then_local_main_first
 
@@ -141,6 +141,7 @@ class BRMERewardTrainer(RewardTrainer):
                 "fields: BRMERewardConfig(**your_config.to_dict()) keeps every RewardConfig setting."
             )
         if isinstance(model, str):
+            set_seed(args.seed)  # the new heads' random init is part of the run: same seed, same heads
             model = self._build_model(model, args)
         else:
             inner = model.get_base_model() if is_peft_model(model) else model

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from trl_robust import (
     BRMERewardConfig,
@@ -100,6 +100,7 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
         seed=args.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    set_seed(args.seed)  # the heads' random init: the same seed gives the same run
     model = BRMERewardModel.from_backbone(path, num_heads=args.num_heads, robust_lambda=args.robust_lambda)
     tokenizer = AutoTokenizer.from_pretrained(path)
     trainer = BRMERewardTrainer(
