@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,10 @@ def preference_rows(n: int = 48) -> list[dict]:
             {"chosen": f"I think {s} was great and lovely {i}", "rejected": f"I think {s} was awful and sad {i}"}
         )
     return rows
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on, for the rendezvous of a 2-process launch."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -8,7 +8,6 @@ generation), so "say great more often" is a reward a tiny policy learns in a few
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.conftest import free_port
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,9 +161,7 @@ def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir, stage: in
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
     from trl_robust.accelerate_configs import config_path
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     out = tmp_path / "out"
     cmd = [
         sys.executable,

@@ -7,7 +7,6 @@ shared-memory op (~30 s, cached); afterwards each run takes ~20 s on 2 cores.
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import free_port
 from trl_robust import BRMERewardModel
 from trl_robust.accelerate_configs import available, config_path
 
@@ -29,12 +29,6 @@ def _script_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_config_path_lists_shipped_configs():
@@ -85,7 +79,7 @@ def test_brme_trains_and_saves_under_deepspeed(stage, source, tiny_backbone_dir,
         "--num_processes",
         "2",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(SCRIPT),
         "--output_dir",
         str(out),

@@ -7,7 +7,6 @@ launch).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,22 +16,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from tests.conftest import free_port
 from trl_robust.accelerate_configs import config_path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ds_train_ppo.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(stage: int | None, out: Path, *extra: str) -> dict:
     """Run the script on two CPU processes (DeepSpeed ZeRO-`stage`, or DDP when `stage` is None); its run_info."""
     if stage is None:  # plain DDP over gloo
-        launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+        launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     else:
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
         launcher = [
@@ -42,7 +36,7 @@ def _launch(stage: int | None, out: Path, *extra: str) -> dict:
             "--num_processes",
             "2",
             "--main_process_port",
-            str(_free_port()),
+            str(free_port()),
         ]
     cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--output_dir", str(out), *extra]
     env = {

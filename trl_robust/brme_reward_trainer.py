@@ -3,7 +3,6 @@
 import hashlib
 import math
 import warnings
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -157,7 +156,6 @@ class BRMERewardTrainer(RewardTrainer):
         if is_peft_model(self._brme):
             self._brme = self._brme.get_base_model()
         self._calibration = {"train": [], "eval": []}
-        self._dropped = defaultdict(int)
 
     @staticmethod
     def _build_model(name_or_path: str, args: BRMERewardConfig) -> BRMERewardModel:
