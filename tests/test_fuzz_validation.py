@@ -1,5 +1,5 @@
 """Property-based tests of the row checks: malformed rows always raise the clear ValueError naming the row, and
-valid rows (text or conversational) are never rejected."""
+valid rows (text or conversational; tokenized `input_ids` in the vocabulary) are never rejected."""
 
 import re
 
@@ -7,7 +7,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trl_robust.validation import ROLES, check_rows, validate_preference_rows
+from trl_robust.validation import ROLES, check_rows, check_token_ids, validate_preference_rows, validate_token_rows
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -123,3 +123,85 @@ def test_valid_datasets_pass_and_a_none_is_found_through_arrow(fmt, data):
         assert str(error).startswith(f"The train dataset, row {index}, column {column!r} is None"), str(error)
     else:
         raise AssertionError("None accepted")
+
+
+# Tokenized prompts (old-style PPO data): a non-empty list of ints in [0, VOCAB).
+VOCAB = 50
+token_ids = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8)
+bad_token = st.one_of(
+    st.none(),
+    st.integers(max_value=-1),
+    st.integers(min_value=VOCAB),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    st.lists(st.integers(0, VOCAB - 1), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+@st.composite
+def ids_with_a_bad_token(draw):
+    ids = draw(st.lists(st.integers(0, VOCAB - 1), max_size=5))
+    ids.insert(draw(st.integers(0, len(ids))), draw(bad_token))
+    return ids
+
+
+malformed_ids = st.one_of(
+    scalar_junk,
+    text,
+    st.just([]),
+    st.just(()),
+    st.dictionaries(st.text(max_size=5), nested_junk, max_size=3),
+    ids_with_a_bad_token(),
+    ids_with_a_bad_token().map(tuple),
+)
+
+
+@SETTINGS
+@given(rows=st.lists(token_ids, min_size=1, max_size=6), data=st.data(), value=malformed_ids)
+def test_malformed_token_ids_raise_a_value_error_naming_the_row(rows, data, value):
+    index = data.draw(st.integers(0, len(rows) - 1))
+    rows[index] = value
+    try:
+        for row, ids in enumerate(rows):
+            check_token_ids(ids, "train", row, "input_ids", VOCAB)
+    except ValueError as error:
+        message = str(error)
+    else:
+        raise AssertionError(f"accepted {value!r} in row {index}")
+    assert message.startswith(f"The train dataset, row {index}, column 'input_ids'"), message
+    assert re.search(r"expected|outside \[0, 50\)", message), message
+
+
+@SETTINGS
+@given(rows=st.lists(token_ids, min_size=1, max_size=6))
+def test_valid_token_ids_are_never_rejected(rows):
+    for row, ids in enumerate(rows):
+        check_token_ids(ids, "train", row, "input_ids", VOCAB)
+
+
+# What an Arrow column can hold: a null row, an empty list, a null id, or an id out of range (int64).
+arrow_bad_ids = st.one_of(
+    st.none(),
+    st.just([]),
+    st.lists(st.integers(0, VOCAB - 1), max_size=3).map(lambda ids: [*ids, None]),
+    st.lists(st.integers(-(2**63), -1) | st.integers(VOCAB, 2**63 - 1), min_size=1, max_size=2),
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(token_ids, min_size=2, max_size=12), data=st.data(), bad=arrow_bad_ids)
+def test_token_datasets_pass_or_name_the_bad_row_through_arrow(rows, data, bad):
+    order = data.draw(st.permutations(range(len(rows))))  # rows named by their position in the dataset passed
+    batch_size = data.draw(st.integers(1, 5))
+    validate_token_rows(Dataset.from_dict({"input_ids": rows}).select(order), "train", VOCAB, batch_size=batch_size)
+    index = data.draw(st.integers(0, len(rows) - 1))
+    rows[order[index]] = bad
+    try:
+        validate_token_rows(Dataset.from_dict({"input_ids": rows}).select(order), "eval", VOCAB, batch_size=batch_size)
+    except ValueError as error:
+        assert str(error).startswith(f"The eval dataset, row {index}, column 'input_ids'"), str(error)
+    else:
+        raise AssertionError(f"accepted {bad!r} in row {index}")

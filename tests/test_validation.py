@@ -7,7 +7,15 @@ from tests.conftest import preference_rows
 from tests.test_brme_reward_trainer import config, tiny_brme
 from tests.test_robust_ppo_trainer import _args, make_policy, make_token_fraction_rm, make_value_model
 from trl_robust import BRMERewardTrainer, RobustPPOTrainer
-from trl_robust.validation import check_field, check_row, validate_preference_rows, validate_prompt_rows
+from trl_robust.validation import (
+    check_field,
+    check_row,
+    check_token_ids,
+    token_id_bound,
+    validate_preference_rows,
+    validate_prompt_rows,
+    validate_token_rows,
+)
 
 USER = [{"role": "user", "content": "Hi"}]
 REPLY = [{"role": "assistant", "content": "Hello"}]
@@ -106,3 +114,71 @@ def test_ppo_prompts_are_validated(tmp_path, smol_tokenizer):
             train_dataset=Dataset.from_dict({"prompt": ["Tell me a story."] + [""] * 15}),
             value_model=make_value_model(smol_tokenizer),
         )
+
+
+def ppo_with_prompts(tmp_path, tokenizer, train, eval_dataset=None):
+    return RobustPPOTrainer(
+        args=_args(tmp_path),
+        processing_class=tokenizer,
+        model=make_policy(tokenizer),
+        ref_model=None,
+        reward_model=make_token_fraction_rm(tokenizer),
+        train_dataset=train,
+        value_model=make_value_model(tokenizer),
+        eval_dataset=eval_dataset,
+    )
+
+
+def tokenized(tokenizer, n=16):
+    return [tokenizer(f"hello world {i}")["input_ids"] for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        (None, r"row 5, column 'input_ids' is None \(NoneType\); expected a non-empty list of token ids \(ints\) in"),
+        ([], r"row 5, column 'input_ids' is an empty list"),
+        ([1, None, 3], r"row 5, column 'input_ids', token 1 is None \(NoneType\); expected an int in \[0, 49152\)"),
+        ([1, 2, 49152], r"row 5, column 'input_ids', token 2 is 49152, outside \[0, 49152\)"),
+        ([-1], r"row 5, column 'input_ids', token 0 is -1, outside \[0, 49152\)"),
+    ],
+)
+def test_ppo_tokenized_prompts_are_validated(tmp_path, smol_tokenizer, row, match):
+    rows = tokenized(smol_tokenizer)
+    rows[5] = row
+    with pytest.raises(ValueError, match=match) as info:
+        ppo_with_prompts(tmp_path, smol_tokenizer, Dataset.from_dict({"input_ids": rows}))
+    assert str(info.value).startswith("The train dataset, row 5")
+
+
+def test_ppo_tokenized_eval_prompts_are_validated_and_shuffled_rows_are_named_by_position(tmp_path, smol_tokenizer):
+    rows = tokenized(smol_tokenizer, 8)
+    rows[6] = [0.5]
+    eval_dataset = Dataset.from_dict({"input_ids": rows}).select([6, 0, 1])  # Arrow column of floats
+    with pytest.raises(ValueError, match=r"The eval dataset, row 0, column 'input_ids', token 0 is 0.5 \(float\)"):
+        train = Dataset.from_dict({"input_ids": tokenized(smol_tokenizer)})
+        ppo_with_prompts(tmp_path, smol_tokenizer, train, eval_dataset)
+
+
+def test_token_ids_must_be_embeddable_by_every_model(smol_tokenizer):
+    policy = make_policy(smol_tokenizer)
+    assert token_id_bound(smol_tokenizer, policy) == len(smol_tokenizer) == 49152
+    policy.resize_token_embeddings(100)
+    assert token_id_bound(smol_tokenizer, policy, None) == 100
+    with pytest.raises(ValueError, match=r"row 1, column 'input_ids', token 0 is 100, outside \[0, 100\)"):
+        validate_token_rows(Dataset.from_dict({"input_ids": [[1, 2], [100]]}), "train", 100)
+
+
+def test_token_rows_column_and_types():
+    with pytest.raises(ValueError, match=r"The train dataset has no 'input_ids' column; it has \['prompt'\]"):
+        validate_token_rows(Dataset.from_dict({"prompt": ["hi"]}), "train", 10)
+    for value, match in [
+        ("hello", r"is 'hello' \(str\)"),
+        ([True], r"token 0 is True \(bool\)"),
+        ([[1]], r"token 0 is \[1\] \(list\)"),
+        ({"ids": [1]}, r"\(dict\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_token_ids(value, "train", 0, "input_ids", 10)
+    check_token_ids((0, 9), "train", 0, "input_ids", 10)
+    validate_token_rows(Dataset.from_dict({"input_ids": [[0, 9]] * 2500}), "train", 10)  # several Arrow batches

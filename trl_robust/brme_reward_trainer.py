@@ -14,6 +14,7 @@ from trl import RewardTrainer
 from trl.trainer.utils import global_then_local_main_first
 
 from .brme_reward_config import BRMERewardConfig
+from .checkpointing import AtomicCheckpointMixin
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
 from .tokenization import tokenize_for_reward
@@ -103,7 +104,7 @@ def expected_calibration_error(prob_chosen: torch.Tensor, num_bins: int = 10) ->
     return ece
 
 
-class BRMERewardTrainer(RewardTrainer):
+class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
     """
     TRL's [`~trl.RewardTrainer`] for a [`BRMERewardModel`]: the same constructor, data formats and options, training K
     Gaussian heads on one backbone with a per-head loss (`args.brme_loss`) and per-head bootstrap weights.

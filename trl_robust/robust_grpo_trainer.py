@@ -7,13 +7,14 @@ from transformers import PreTrainedModel
 from trl import GRPOTrainer
 
 from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
+from .checkpointing import AtomicCheckpointMixin
 from .robust_grpo_config import RobustGRPOConfig
 
 # As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
-class RobustGRPOTrainer(BRMERewardsMixin, GRPOTrainer):
+class RobustGRPOTrainer(AtomicCheckpointMixin, BRMERewardsMixin, GRPOTrainer):
     """
     TRL's [`~trl.GRPOTrainer`] with a [`BRMERewardModel`] among its reward functions: the same constructor, data formats
     and options, and the BRME's reward is

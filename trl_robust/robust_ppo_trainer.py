@@ -25,18 +25,19 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_peft_available, is_rich_available, logging
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
 from . import rewards as reward_aggregations
+from .checkpointing import atomic_checkpoint
 from .config_utils import aggregation_params
 from .modeling_brme import BRMERewardModel
 from .robust_ppo_config import RobustPPOConfig
 from .tokenization import tokenize_for_reward
-from .validation import check_finite_scores, validate_prompt_rows
+from .validation import check_finite_scores, token_id_bound, validate_prompt_rows, validate_token_rows
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -580,6 +581,7 @@ class RobustPPOTrainer(_BaseTrainer):
         """Keep an `input_ids` dataset as it is; tokenize a `prompt` dataset (text, or messages with the template)."""
         columns = dataset.column_names
         if "input_ids" in columns:
+            validate_token_rows(dataset, name, token_id_bound(self.tokenizer, self.policy_model, self.value_model))
             return dataset
         if "prompt" not in columns:
             raise ValueError(f"The {name} dataset needs an `input_ids` or a `prompt` column; it has {columns}.")
@@ -1059,12 +1061,13 @@ class RobustPPOTrainer(_BaseTrainer):
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """A checkpoint holds the policy (as `save_model` writes it), optimizer, scheduler, RNG and trainer state
         (Trainer's own), plus what resuming needs beyond them: the policy and value weights in full precision
-        (`policy_and_value.pt`; under DeepSpeed its own checkpoint holds them)."""
-        super()._save_checkpoint(model, trial)
-        if not self.is_deepspeed_enabled and self.args.should_save:
-            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self.accelerator.unwrap_model(self.model_wrapped).state_dict(), os.path.join(checkpoint, _STATE))
-        self.accelerator.wait_for_everyone()
+        (`policy_and_value.pt`; under DeepSpeed its own checkpoint holds them). It is written atomically: into a staging
+        folder, renamed to `checkpoint-N` once complete (see `trl_robust.checkpointing`)."""
+        with atomic_checkpoint(self, trial) as checkpoint:
+            super()._save_checkpoint(model, trial)
+            if not self.is_deepspeed_enabled and self.args.should_save:
+                state_dict = self.accelerator.unwrap_model(self.model_wrapped).state_dict()
+                torch.save(state_dict, os.path.join(checkpoint, _STATE))
 
     def _resume(self, checkpoint: str | bool) -> None:
         """Restore weights, optimizer, scheduler, RNG and step counters from a checkpoint of this trainer."""
@@ -1074,6 +1077,11 @@ class RobustPPOTrainer(_BaseTrainer):
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint.")
         if not os.path.isdir(checkpoint):
             raise ValueError(f"Checkpoint {checkpoint!r} is not a directory.")
+        if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):  # the Trainer writes it last
+            raise ValueError(
+                f"{checkpoint!r} has no {TRAINER_STATE_NAME}: it is not a complete training checkpoint (saves are "
+                "atomic, so it was not written by this trainer or by a run that finished saving); resume from another."
+            )
         if self.is_deepspeed_enabled:
             deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=True)
         else:

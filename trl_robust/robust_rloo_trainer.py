@@ -7,13 +7,14 @@ from transformers import PreTrainedModel
 from trl import RLOOTrainer
 
 from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
+from .checkpointing import AtomicCheckpointMixin
 from .robust_rloo_config import RobustRLOOConfig
 
 # As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
-class RobustRLOOTrainer(BRMERewardsMixin, RLOOTrainer):
+class RobustRLOOTrainer(AtomicCheckpointMixin, BRMERewardsMixin, RLOOTrainer):
     """
     TRL's [`~trl.RLOOTrainer`] with a [`BRMERewardModel`] among its reward functions: the same constructor, data formats
     and options, and the BRME's reward is

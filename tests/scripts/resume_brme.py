@@ -1,15 +1,18 @@
 """
 Train a tiny BRME on CPU with checkpoints every 2 steps (run by tests/test_kill_resume.py in a subprocess).
 
-    python tests/scripts/resume_brme.py --output_dir OUT [--pause_after_save FLAG] [--resume]
+    python tests/scripts/resume_brme.py --output_dir OUT [--pause_after_save FLAG] [--die_in_save STEP] [--resume]
 
 `--pause_after_save FLAG` writes FLAG once the first checkpoint is complete and then sleeps, so the test can SIGKILL
-the process at a known point; `--resume` continues from the last checkpoint in OUT. At the end the final model is saved
-to OUT/final and the log history to OUT/log_history.json.
+the process at a known point. `--die_in_save STEP` SIGKILLs the process itself inside the save of step STEP, after the
+model and the optimizer are written and before the RNG and trainer states are. `--resume` continues from the last
+checkpoint in OUT. At the end the final model is saved to OUT/final and the log history to OUT/log_history.json.
 """
 
 import argparse
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -33,10 +36,22 @@ class PauseAfterFirstSave(TrainerCallback):
             time.sleep(120)  # killed here
 
 
+class DiesInSave(BRMERewardTrainer):
+    """Killed (SIGKILL, no cleanup) half-way through writing the checkpoint of step `die_at`."""
+
+    die_at = None
+
+    def _save_rng_state(self, output_dir):
+        if self.state.global_step == self.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._save_rng_state(output_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--pause_after_save")
+    parser.add_argument("--die_in_save", type=int)
     parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(1)
@@ -74,7 +89,8 @@ def main() -> None:
         seed=0,
     )
     callbacks = [PauseAfterFirstSave(Path(cli.pause_after_save))] if cli.pause_after_save else None
-    trainer = BRMERewardTrainer(
+    DiesInSave.die_at = cli.die_in_save
+    trainer = DiesInSave(
         model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks
     )
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
