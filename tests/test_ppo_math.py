@@ -170,6 +170,37 @@ def test_logprob_entropy_positions():
     assert last_real_index(mask).tolist() == [4, 3]
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.0])
+def test_selective_token_logprobs_equal_log_softmax_and_gather(temperature):
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, 50) * 4).requires_grad_()
+    tokens = torch.randint(0, 50, (3, 5))
+    expected_logits = logits.detach().clone().requires_grad_()
+    expected = torch.log_softmax(expected_logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    got = token_logprobs(logits, tokens, temperature)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    weights = torch.randn(3, 5)  # the gradient too: it is what PPO trains on
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, expected_logits.grad, rtol=0, atol=1e-5)
+    # bf16 logits are scored in fp32, as the fp32 log-softmax of the same values
+    low = logits.detach().bfloat16()
+    expected_low = torch.log_softmax(low.float() / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert token_logprobs(low, tokens, temperature).dtype == torch.float32
+    torch.testing.assert_close(token_logprobs(low, tokens, temperature), expected_low, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 50, 2**24])
+def test_entropy_in_row_blocks_equals_the_full_formula(chunk_elements):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 50) * 5
+    logp = torch.log_softmax(logits / 0.7, -1)
+    expected = -(logp.exp() * logp).sum(-1)
+    got = entropy_from_logits(logits.requires_grad_(), 0.7, chunk_elements=chunk_elements)  # one row, a few, all
+    assert got.shape == (2, 3) and not got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 def test_config_validation_names_the_field():
     from trl_robust import RobustPPOConfig
 

@@ -373,6 +373,46 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
         assert last_resumed[key] == pytest.approx(last_full[key], abs=1e-6), key
 
 
+def test_reusing_the_rollout_forward_for_the_first_epoch_changes_nothing(tmp_path, smol_tokenizer):
+    """With one micro-batch per update the rollout's policy + value forward (with gradients) is the first PPO epoch's;
+    training must be the same as with separate no-grad rollout forwards."""
+
+    def run(name, reuse):
+        recorder = LogRecorder()
+        trainer = RobustPPOTrainer(
+            _args(
+                tmp_path,
+                output_dir=str(tmp_path / name),
+                total_episodes=16,
+                num_ppo_epochs=3,
+                temperature=0.7,
+                learning_rate=3e-4,  # Adam turns rounding-level gradient differences into steps of about lr
+            ),
+            smol_tokenizer,
+            make_policy(smol_tokenizer),
+            None,
+            make_token_fraction_rm(smol_tokenizer),
+            tokenized_prompts(smol_tokenizer),
+            make_value_model(smol_tokenizer),
+            callbacks=[recorder],
+        )
+        assert trainer.reuse_rollout_forward  # 8 episodes per update in one micro-batch
+        trainer.reuse_rollout_forward = reuse
+        trainer.train()
+        return trainer, [log for log in recorder.logs if "objective/scores" in log]
+
+    reused, reused_logs = run("reused", True)
+    separate, separate_logs = run("separate", False)
+    initial = make_policy(smol_tokenizer).lm_head.weight
+    assert (reused.model.policy.lm_head.weight - initial).abs().max() > 1e-3  # it did train
+    for (name, a), (_, b) in zip(reused.model.state_dict().items(), separate.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert len(reused_logs) == len(separate_logs) == 2
+    for a, b in zip(reused_logs, separate_logs, strict=True):
+        for key in ("objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/entropy_avg"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
 def test_lora_policy_uses_the_adapter_free_model_as_reference(tmp_path, smol_tokenizer):
     peft = pytest.importorskip("peft")
     recorder = LogRecorder()

@@ -9,6 +9,8 @@ tokens are always a prefix of the row.
 """
 
 import copy
+import functools
+import inspect
 import math
 import os
 import textwrap
@@ -19,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
@@ -226,16 +227,38 @@ def value_loss(
     return loss, clipfrac
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution of every `[..., vocab]` logits row."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """
+    Log-probability of `tokens` under `logits / temperature` (the distribution they were sampled from), in fp32.
+
+    Computed as the chosen logit minus the logsumexp of its row, which equals `log_softmax(...).gather(...)` without
+    materialising a full-vocabulary log-softmax: the backward keeps one fp32 copy of the scaled logits instead of the
+    scaled logits and the log-softmax.
+    """
+    scaled = logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    chosen = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(scaled, dim=-1)
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-probability of `tokens` under `logits / temperature` (the distribution they were sampled from)."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_elements: int = 2**24) -> torch.Tensor:
+    """
+    Entropy of the categorical distribution of every `[..., vocab]` row of `logits / temperature`, in fp32 and without
+    gradient (it is a metric). Uses `H = logsumexp(x) - sum(softmax(x) * x)` over blocks of rows of about
+    `chunk_elements` logits, so the temporaries stay small whatever the batch and vocabulary.
+    """
+    rows = logits.reshape(-1, logits.shape[-1])
+    entropy = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
+    step = max(1, chunk_elements // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        x = rows[start : start + step].float()
+        if temperature != 1.0:
+            x = x / temperature
+        weighted = torch.softmax(x, dim=-1).mul_(x).sum(-1)
+        entropy[start : start + step] = torch.logsumexp(x, dim=-1) - weighted
+    return entropy.view(logits.shape[:-1])
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -305,6 +328,33 @@ def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask
     return out[..., 0].float()
 
 
+@functools.cache
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def response_logits(
+    policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+) -> torch.Tensor:
+    """
+    Policy logits `[batch, response_length, vocab]` at the positions that predict the response tokens
+    (`context_length - 1` to the second-to-last). A causal LM of transformers gets `logits_to_keep`, so its LM head
+    runs on those positions only: the prompt's full-vocabulary logits are never computed (forward or backward).
+    """
+    base = policy.get_base_model() if is_peft_available() and isinstance(policy, PeftModel) else policy
+    response_length = input_ids.shape[1] - context_length
+    keep = {"logits_to_keep": response_length + 1} if _accepts_logits_to_keep(type(base)) else {}
+    logits = policy(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        **keep,
+    ).logits
+    # The last response_length + 1 positions minus the very last, whether the model kept them all or only those.
+    return logits[:, -(response_length + 1) : -1]
+
+
 class PolicyAndValue(nn.Module):
     """Policy and value model in one module, so one `accelerator.prepare` (DDP / DeepSpeed) trains both."""
 
@@ -327,15 +377,15 @@ class PolicyAndValue(nn.Module):
     def gradient_checkpointing_disable(self):
         self.policy.gradient_checkpointing_disable()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(policy logits [B, T, V], values [B, T])`; positions come from the mask (left padding)."""
-        logits = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        ).logits
-        return logits, token_values(self.value_model, input_ids, attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(policy logits [B, R, V], values [B, R])` at the positions that predict the R response tokens;
+        positions come from the mask (left padding)."""
+        logits = response_logits(self.policy, input_ids, attention_mask, context_length)
+        # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
+        values = token_values(self.value_model, input_ids, attention_mask)[:, context_length - 1 : -1]
+        return logits, values
 
 
 def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,6 +591,8 @@ class RobustPPOTrainer(_BaseTrainer):
             "the per-rank minibatch (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
             "must be divisible by per_device_train_batch_size",
         )
+        # One micro-batch per update: the rollout's forward doubles as the first PPO epoch's (see `_rollout`).
+        self.reuse_rollout_forward = self.micro_batch_size == args.local_batch_size
         self.train_dataset_len = len(train_dataset)
         if self.train_dataset_len < args.batch_size:
             raise ValueError(
@@ -678,12 +730,7 @@ class RobustPPOTrainer(_BaseTrainer):
                 yield policy
 
     def _policy_logprobs(self, policy: nn.Module, input_ids, attention_mask, responses, context_length: int):
-        logits = policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        ).logits[:, context_length - 1 : -1]
+        logits = response_logits(policy, input_ids, attention_mask, context_length)
         return token_logprobs(logits, responses, self.args.temperature)
 
     @staticmethod
@@ -764,7 +811,7 @@ class RobustPPOTrainer(_BaseTrainer):
         return {"scores": logits[:, 0].float()}
 
     @torch.no_grad()
-    def _rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, Any]:
         """Generate, truncate, score, and compute the per-token rewards, advantages and returns of one batch."""
         args = self.args
         context_length = queries.shape[1]
@@ -777,24 +824,37 @@ class RobustPPOTrainer(_BaseTrainer):
         attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
 
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
+        # With one micro-batch per update, the first PPO epoch runs the policy and value on exactly this batch with
+        # these weights. Run that forward here, with gradients, and let the first epoch backpropagate through it: the
+        # rollout's log-probabilities and values are its detached outputs (so the first ratio is exactly 1), and the
+        # policy and value forwards are not run twice.
+        first_forward = None
+        if self.reuse_rollout_forward and args.num_ppo_epochs > 0:
+            self.model.train()
+            with torch.enable_grad():
+                first_forward = self._policy_and_value_forward(input_ids, attention_mask, responses, context_length)
         logprobs, ref_logprobs, values, scores, means, stds = [], [], [], [], [], []
         chunk = args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
             ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
             # Same autocast as the training forward (mixed precision), so the first PPO ratio is exactly 1.
             with self.accelerator.autocast():
-                logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
+                if first_forward is None:
+                    logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
+                    # V(s_t) for response token t is read where the token is predicted: position context_length-1+t.
+                    values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
                 with self._reference() as reference:
                     ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
-                # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
-                values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1].float())
                 scored = self.score(ids, mask, context_length)
             scores.append(scored["scores"])
             if "means" in scored:
                 means.append(scored["means"])
                 stds.append(scored["stds"])
-        logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
-        values, raw_scores = torch.cat(values).float(), torch.cat(scores)
+        if first_forward is None:
+            logprobs, values = torch.cat(logprobs), torch.cat(values)
+        else:
+            logprobs, values = first_forward[0].detach(), first_forward[1].detach()
+        ref_logprobs, values, raw_scores = torch.cat(ref_logprobs), values.float(), torch.cat(scores)
         check_finite_scores(
             raw_scores,
             f"RobustPPOTrainer, update {self.state.global_step + 1} (process {self.accelerator.process_index})",
@@ -824,6 +884,7 @@ class RobustPPOTrainer(_BaseTrainer):
             "scores": scores,
             "has_stop": has_stop,
             "context_length": torch.tensor(context_length),
+            "first_forward": first_forward,  # (logprobs, values, entropy) with their graph, or None
         }
         if means:
             batch["means"], batch["stds"] = torch.cat(means), torch.cat(stds)
@@ -833,7 +894,19 @@ class RobustPPOTrainer(_BaseTrainer):
     # Optimisation
     # ---------------------------------------------------------------------------------------------------------------
 
-    def _ppo_epochs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _policy_and_value_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, responses: torch.Tensor, context_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training forward of the policy and value model (with gradients when enabled): the responses'
+        log-probabilities `[B, R]` at the sampling temperature, the values `[B, R]` and the policy's per-token entropy
+        (a metric, computed here without gradient, so that the logits are not held through the backward)."""
+        logits, values = self.model_wrapped(
+            input_ids=input_ids, attention_mask=attention_mask, context_length=context_length
+        )
+        logprobs = token_logprobs(logits, responses, self.args.temperature)
+        return logprobs, values, entropy_from_logits(logits, self.args.temperature)
+
+    def _ppo_epochs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`num_ppo_epochs` passes over the rollout, each split in `num_mini_batches` optimiser steps of
         `gradient_accumulation_steps`-many micro-batches. Returns per-micro-batch statistics."""
         args = self.args
@@ -841,6 +914,7 @@ class RobustPPOTrainer(_BaseTrainer):
         context_length = int(batch["context_length"])
         is_deepspeed = self.is_deepspeed_enabled
         stats = defaultdict(list)
+        first_forward = batch.pop("first_forward", None)
         self.model.train()
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(args.local_batch_size)
@@ -852,12 +926,16 @@ class RobustPPOTrainer(_BaseTrainer):
                     self.accelerator.gradient_state._set_sync_gradients(last_micro)
                     sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
                     with sync:
-                        logits, vpred = model(
-                            input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx]
-                        )
-                        logits = logits[:, context_length - 1 : -1]
-                        new_logprobs = token_logprobs(logits, batch["responses"][idx], args.temperature)
-                        vpred = vpred[:, context_length - 1 : -1]
+                        if first_forward is not None:  # the rollout ran this micro-batch's forward (see _rollout)
+                            new_logprobs, vpred, entropy = (t[idx] for t in first_forward)
+                            first_forward = None
+                        else:
+                            new_logprobs, vpred, entropy = self._policy_and_value_forward(
+                                batch["input_ids"][idx],
+                                batch["attention_mask"][idx],
+                                batch["responses"][idx],
+                                context_length,
+                            )
                         mask = batch["response_mask"][idx]
                         pg_loss, pg_clipfrac, approxkl = policy_loss(
                             new_logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, args.cliprange
@@ -874,13 +952,11 @@ class RobustPPOTrainer(_BaseTrainer):
                         stats["pg_clipfrac"].append(pg_clipfrac)
                         stats["vf_clipfrac"].append(vf_clipfrac)
                         stats["approxkl"].append(approxkl)
-                        stats["entropy"].append(
-                            masked_mean(entropy_from_logits(logits.detach() / args.temperature), mask)
-                        )
+                        stats["entropy"].append(masked_mean(entropy, mask))
                         stats["ratio"].append(
                             masked_mean(torch.exp(new_logprobs.detach() - batch["logprobs"][idx]), mask)
                         )
-                    del logits, vpred, new_logprobs, loss
+                    del vpred, new_logprobs, loss
                 if not is_deepspeed and args.max_grad_norm is not None and args.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                 self.optimizer.step()
