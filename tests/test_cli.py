@@ -76,6 +76,7 @@ def test_shipped_recipes_only_use_valid_keys():
 
     from trl_robust import RobustGRPOConfig, RobustPPOConfig, RobustRLOOConfig
     from trl_robust.brme_reward_config import BRMERewardConfig
+    from trl_robust.overoptimization_config import OverOptimizationConfig
     from trl_robust.recipe_parser import check_recipe
     from trl_robust.script_args import RLScriptArguments, ScriptArguments
     from trl_robust.scripts.train_ppo import PPOScriptArguments
@@ -85,13 +86,16 @@ def test_shipped_recipes_only_use_valid_keys():
         "grpo": (RLScriptArguments, RobustGRPOConfig),
         "rloo": (RLScriptArguments, RobustRLOOConfig),
         "ppo": (PPOScriptArguments, RobustPPOConfig),
+        "overoptimization": (OverOptimizationConfig,),
     }
     recipes = list(Path(__file__).parents[1].glob("recipes/**/*.yaml"))
     assert recipes
     for recipe in recipes:
         kind = next((k for k in kinds if recipe.stem.startswith(k)), None)
-        if kind is not None:
-            check_recipe(yaml.safe_load(recipe.read_text()), kinds[kind], str(recipe))
+        assert kind is not None, f"{recipe}: no known kind"
+        check_recipe(yaml.safe_load(recipe.read_text()), kinds[kind], str(recipe))
+        if kind == "overoptimization":
+            OverOptimizationConfig(**yaml.safe_load(recipe.read_text()))  # values in range too
 
 
 @pytest.mark.parametrize("command", ["grpo", "rloo"])
@@ -159,3 +163,47 @@ def test_ppo_subcommand_runs_a_tiny_recipe(tmp_path, smol_tokenizer):
     saved = LlamaForCausalLM.from_pretrained(tmp_path / "out")
     initial = LlamaForCausalLM.from_pretrained(policy)
     assert any(not torch.equal(a, b) for a, b in zip(saved.parameters(), initial.parameters(), strict=True))
+
+
+def test_overoptimization_subcommand_runs_a_tiny_recipe_and_reuses_its_proxy(tmp_path, smol_tokenizer):
+    import csv
+
+    from tests.robust_rl_helpers import save_policy
+
+    policy = save_policy(tmp_path / "policy", smol_tokenizer)
+    tiny = dict(
+        policy_model=str(policy),
+        proxy_backbone=str(policy),
+        gold="tests.test_overoptimization:vowel_share",  # a Python function named on the command line
+        num_proxy_pairs=12,
+        num_proxy_eval_pairs=4,
+        proxy_num_heads=2,
+        proxy_epochs=1,
+        max_prompt_length=24,
+        response_length=4,
+        num_eval_prompts=4,
+        bon_pool_size=4,
+        rl_steps=1,
+        rl_batch_size=4,
+        num_generations=2,
+    )
+    first = write_recipe(tmp_path / "bon.yaml", output_dir=str(tmp_path / "bon"), methods=["bon"], **tiny)
+    assert cli.main(["overoptimization", "--config", str(first), "--settings", "worst", "robust:0.6"]) == 0
+    with (tmp_path / "bon" / "curves.csv").open() as f:
+        assert {(r["setting"], r["step"]) for r in csv.DictReader(f)} == {
+            (s, n) for s in ("worst", "robust:0.6") for n in ("1", "2", "4")
+        }
+
+    second = write_recipe(tmp_path / "grpo.yaml", output_dir=str(tmp_path / "grpo"), methods=["grpo"], **tiny)
+    proxy = str(tmp_path / "bon" / "proxy")
+    assert cli.main(["overoptimization", "--config", str(second), "--settings", "mean", "--proxy_model", proxy]) == 0
+    assert not (tmp_path / "grpo" / "proxy").exists()  # reused, not retrained
+    with (tmp_path / "grpo" / "curves.csv").open() as f:
+        rows = [(r["method"], r["setting"], r["seed"], r["step"]) for r in csv.DictReader(f)]
+    assert rows == [("grpo", "mean", seed, step) for seed in ("0", "1") for step in ("0", "1")]  # default seeds 0, 1
+
+
+def test_overoptimization_recipe_with_a_bad_setting_names_it(tmp_path):
+    recipe = write_recipe(tmp_path / "bad.yaml", settings=["robust:0.4", "median"])
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+        cli.main(["overoptimization", "--config", str(recipe)])

@@ -9,6 +9,10 @@ SUBCOMMANDS = {
     "grpo": ("trl_robust.scripts.train_grpo", "robust GRPO on a BRME reward (RobustGRPOTrainer)"),
     "rloo": ("trl_robust.scripts.train_rloo", "robust RLOO on a BRME reward (RobustRLOOTrainer)"),
     "evaluate": ("trl_robust.scripts.evaluate_rm", "evaluate a reward model: accuracy, calibration, uncertainty"),
+    "overoptimization": (
+        "trl_robust.scripts.overoptimization",
+        "reward over-optimisation benchmark: gold vs KL for each aggregation",
+    ),
     "quickstart": ("trl_robust.scripts.quickstart", "the offline demo on the shipped data"),
 }
 

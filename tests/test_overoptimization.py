@@ -1,0 +1,240 @@
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from tests.robust_rl_helpers import save_policy, tiny_llama_config, train_great_brme
+from trl_robust import BRMERewardModel
+from trl_robust.gold_scorers import RewardModelGold, VaderGold, load_gold_scorer
+from trl_robust.overoptimization import (
+    best_of_n_kl,
+    best_of_n_rows,
+    label_pairs,
+    run_overoptimization,
+    sequence_logprobs,
+    summarize,
+    summary_markdown,
+)
+from trl_robust.overoptimization_config import OverOptimizationConfig, parse_setting
+from trl_robust.tokenization import tokenize_for_reward
+
+
+def vowel_share(prompts, completions):
+    """A programmatic gold with spread on a tiny random policy's gibberish: the share of vowels in the answer."""
+    return [sum(ch in "aeiou" for ch in c.lower()) / (1 + len(c)) for c in completions]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hand computations
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_best_of_n_kl_formula():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_parse_setting_and_bad_settings():
+    assert parse_setting("robust:0.2") == ("robust", {"robust_lambda": 0.2})
+    assert parse_setting("uwo:2") == ("uwo", {"uwo_coef": 2.0})
+    assert parse_setting("worst") == ("worst", {})
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+        parse_setting("median")
+    with pytest.raises(ValueError, match="'mean' takes no parameter"):
+        parse_setting("mean:0.3")
+    with pytest.raises(ValueError, match="'x' is not a number"):
+        parse_setting("robust:x")
+    with pytest.raises(ValueError, match="label_noise must be in"):
+        OverOptimizationConfig(label_noise=0.7)
+    with pytest.raises(ValueError, match="methods"):
+        OverOptimizationConfig(methods=["dpo"])
+
+
+def test_label_pairs_orders_by_gold_skips_ties_and_flips_with_noise():
+    prompts, a, b = ["p0", "p1", "p2"], ["a0", "a1", "a2"], ["b0", "b1", "b2"]
+    rows, flipped = label_pairs(prompts, a, b, [1.0, 0.0, 0.5], [0.0, 1.0, 0.5], 0.0, 0.0, np.random.default_rng(0))
+    assert flipped == 0
+    assert rows == [
+        {"prompt": "p0", "chosen": "a0", "rejected": "b0"},
+        {"prompt": "p1", "chosen": "b1", "rejected": "a1"},
+    ]  # p2 is a tie
+    rows, flipped = label_pairs(prompts, a, b, [1.0, 0.0, 0.9], [0.0, 1.0, 0.5], 1.0, 0.0, np.random.default_rng(0))
+    assert flipped == 3 and [r["chosen"] for r in rows] == ["b0", "a1", "b2"]
+    rows, _ = label_pairs(prompts, a, b, [1.0, 0.0, 0.9], [0.0, 1.0, 0.5], 0.0, 0.5, np.random.default_rng(0))
+    assert len(rows) == 2  # a margin of 0.4 <= 0.5 counts as a tie
+
+
+def test_best_of_n_picks_the_proxys_favourite_and_reports_its_gold():
+    # One prompt, a pool of 4, 2 heads: answer 2 has the best mean, answer 3 the best worst case.
+    means = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [9.0, -3.0], [2.0, 2.0]]])
+    stds = torch.ones(1, 4, 2)
+    gold = torch.tensor([[0.1, 0.2, -1.0, 0.4]])
+    rows = best_of_n_rows(gold, means, stds, ["mean", "worst"], seeds=[0])
+    by = {(r["setting"], r["step"]): r for r in rows}
+    assert sorted({r["step"] for r in rows}) == [1, 2, 4]
+    assert by[("mean", 4)]["gold"] == pytest.approx(-1.0)  # mean 3.0: the hacked answer
+    assert by[("mean", 4)]["proxy"] == pytest.approx(3.0)
+    assert by[("worst", 4)]["gold"] == pytest.approx(0.4) and by[("worst", 4)]["proxy"] == pytest.approx(2.0)
+    assert by[("worst", 4)]["kl"] == pytest.approx(best_of_n_kl(4))
+    # n = 1 is the seeded random first answer: its gold is one of the pool's, the same for both settings.
+    assert by[("mean", 1)]["gold"] == by[("worst", 1)]["gold"] and by[("mean", 1)]["gold"] in gold[0].tolist()
+
+
+def test_summary_peak_final_drop_and_kl_at_peak_over_seeds():
+    def row(seed, step, gold, kl, proxy):
+        return {
+            "method": "ppo",
+            "setting": "nominal",
+            "seed": seed,
+            "step": step,
+            "gold": gold,
+            "kl": kl,
+            "proxy": proxy,
+        }
+
+    rows = [row(0, 0, 0.0, 0.0, 0.0), row(0, 2, 0.6, 1.0, 1.0), row(0, 4, 0.2, 4.0, 2.0)]
+    rows += [row(1, 0, 0.0, 0.0, 0.0), row(1, 4, 0.4, 3.0, 1.5), row(1, 2, 0.3, 2.0, 1.0)]  # out of order on purpose
+    (entry,) = summarize(rows)
+    assert entry["seeds"] == 2
+    assert entry["peak_gold"] == pytest.approx(0.5) and entry["peak_gold_std"] == pytest.approx(
+        np.std([0.6, 0.4], ddof=1)
+    )
+    assert entry["final_gold"] == pytest.approx(0.3)
+    assert entry["drop_from_peak"] == pytest.approx((0.4 + 0.0) / 2)
+    assert entry["kl_at_peak"] == pytest.approx((1.0 + 3.0) / 2)
+    assert entry["final_kl"] == pytest.approx(3.5) and entry["final_proxy"] == pytest.approx(1.75)
+    assert "| ppo | nominal | 2 | 0.500 ± 0.141 |" in summary_markdown([entry])
+
+
+def test_sequence_logprobs_is_the_sum_of_masked_token_logprobs(smol_tokenizer):
+    from trl_robust.overoptimization import Answers
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(smol_tokenizer)).eval()
+    query = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    query_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    response = torch.tensor([[10, 11], [12, 0]])
+    response_mask = torch.tensor([[1, 1], [1, 0]])
+    got = sequence_logprobs(model, Answers(query, query_mask, response, response_mask, ["", ""]), temperature=0.5)
+    # Row 1 by hand: no padding, score the response tokens one by one.
+    logits = model(torch.tensor([[7, 8, 9, 12]])).logits[0] / 0.5
+    expected = torch.log_softmax(logits[2], -1)[12]
+    assert got[1].item() == pytest.approx(expected.item(), abs=1e-5)
+    # Row 0 by hand: the left pad is masked and positions start at the first real token.
+    logits = model(torch.tensor([[5, 6, 10, 11]])).logits[0] / 0.5
+    expected = torch.log_softmax(logits[1], -1)[10] + torch.log_softmax(logits[2], -1)[11]
+    assert got[0].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gold scorers plug in
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_vader_gold_scores_sentiment_of_the_answer():
+    pytest.importorskip("vaderSentiment")
+    gold = load_gold_scorer("vader")
+    assert isinstance(gold, VaderGold)
+    happy, sad = gold(["Q", "Q"], ["What a wonderful, lovely day!", "This is terrible and awful."])
+    assert happy > 0.5 and sad < -0.5
+
+
+def test_reward_model_gold_scores_a_brme_by_its_head_mean_and_a_plain_rm_by_its_logit(tmp_path, smol_tokenizer):
+    brme_dir = train_great_brme(tmp_path / "brme", smol_tokenizer)
+    smol_tokenizer.save_pretrained(brme_dir)
+    gold = load_gold_scorer(str(brme_dir))
+    assert isinstance(gold, RewardModelGold)
+    prompts, answers = ["Review:", "Review:"], [" great great great", " awful awful awful"]
+    scores = gold(prompts, answers)
+    model = BRMERewardModel.from_pretrained(brme_dir).eval()
+    for prompt, answer, score in zip(prompts, answers, scores, strict=True):
+        ids = torch.tensor([tokenize_for_reward(smol_tokenizer, answer, prompt)])
+        assert score == pytest.approx(model(input_ids=ids).means.mean().item(), abs=1e-5)
+    assert scores[0] > scores[1]
+
+    from transformers import LlamaForSequenceClassification
+
+    plain_dir = tmp_path / "plain"
+    torch.manual_seed(0)
+    config = tiny_llama_config(smol_tokenizer)
+    config.num_labels = 1
+    plain = LlamaForSequenceClassification(config).eval()
+    plain.save_pretrained(plain_dir)
+    smol_tokenizer.save_pretrained(plain_dir)
+    (score,) = load_gold_scorer(str(plain_dir))(["Review:"], [" great"])
+    ids = torch.tensor([tokenize_for_reward(smol_tokenizer, " great", "Review:")])
+    assert score == pytest.approx(plain(input_ids=ids).logits[0, 0].item(), abs=1e-5)
+
+
+def test_python_function_gold_by_dotted_name(tmp_path, monkeypatch):
+    (tmp_path / "my_gold.py").write_text(
+        "def length(prompts, completions):\n    return [float(len(c)) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_gold_scorer("my_gold:length")(["p"], ["abc"]) == [3.0]
+    with pytest.raises(ValueError, match="cannot import 'nope'"):
+        load_gold_scorer("my_gold:nope")
+    with pytest.raises(ValueError, match="Unknown gold scorer 'gpt5'"):
+        load_gold_scorer("gpt5")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The harness end to end, tiny
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_thread):
+    policy_dir = save_policy(tmp_path / "policy", smol_tokenizer)
+    config = OverOptimizationConfig(
+        output_dir=str(tmp_path / "out"),
+        policy_model=str(policy_dir),
+        proxy_backbone=str(policy_dir),
+        methods=["ppo", "grpo", "bon"],
+        settings=["nominal", "robust:0.4"],
+        seeds=[0],
+        num_proxy_pairs=16,
+        num_proxy_eval_pairs=8,
+        label_noise=0.25,
+        proxy_num_heads=3,
+        proxy_epochs=1,
+        proxy_batch_size=8,
+        max_prompt_length=24,
+        response_length=4,
+        num_eval_prompts=4,
+        rl_steps=2,
+        eval_every=1,
+        rl_batch_size=4,
+        num_generations=2,
+        num_ppo_epochs=1,
+        rl_learning_rate=1e-3,
+        bon_pool_size=4,
+    )
+    result = run_overoptimization(config, gold=vowel_share)
+    out = tmp_path / "out"
+    with (out / "curves.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # Best-of-n: n in {1, 2, 4}; RL: the start and after each of 2 updates; for each of 2 settings.
+    counts = {m: sum(r["method"] == m for r in rows) for m in ("bon", "ppo", "grpo")}
+    assert counts == {"bon": 6, "ppo": 6, "grpo": 6}
+    for r in rows:
+        assert all(math.isfinite(float(r[k])) for k in ("kl", "sqrt_kl", "gold", "proxy", "proxy_std"))
+    ppo_kl = [float(r["kl"]) for r in rows if r["method"] == "ppo" and r["setting"] == "nominal"]
+    assert ppo_kl[0] == pytest.approx(0.0, abs=1e-5)  # the untrained policy is the reference
+    assert max(abs(k) for k in ppo_kl[1:]) > 0  # and training moved it
+    assert len(result["summary"]) == 6
+    assert (out / "summary.md").read_text().count("\n") == 2 + 6
+    assert (out / "gold_vs_sqrt_kl.png").stat().st_size > 10_000
+    assert (out / "proxy" / "model.safetensors").exists()
+    assert result["pairs"]["train_pairs"] == 16 and result["pairs"]["eval_pairs"] == 8

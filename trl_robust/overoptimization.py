@@ -1,0 +1,706 @@
+"""
+The reward over-optimisation experiment (Gao et al. 2022; Coste et al. 2023) with a BRME proxy.
+
+1. A gold scorer (`trl_robust.gold_scorers`) stands in for humans. It labels pairs of answers that the initial policy
+   samples; a fraction `label_noise` of the labels is flipped, as human labels disagree.
+2. A proxy BRME learns from those few noisy pairs (`BRMERewardTrainer`).
+3. Each method optimises the policy against the proxy, once per reward aggregation and seed: PPO
+   (`RobustPPOTrainer`), GRPO (`RobustGRPOTrainer`), and best-of-n over a fixed pool of answers, whose KL to the
+   initial policy is `log n - (n - 1) / n`. Every `eval_every` updates, gold and proxy reward of fresh answers to
+   held-out prompts and the KL of the policy to the initial one are measured.
+4. A hacked proxy shows as proxy reward that keeps rising while gold reward peaks and falls. The outputs:
+   `curves.csv` (every measurement), `summary.csv` / `summary.md` (peak gold, final gold, drop from peak, KL at peak,
+   mean and standard deviation over seeds) and `gold_vs_sqrt_kl.png`, the plot of those papers.
+"""
+
+import csv
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    set_seed,
+)
+
+from . import rewards
+from .brme_reward_config import BRMERewardConfig
+from .brme_reward_trainer import BRMERewardTrainer
+from .config_utils import RobustRewardFields, aggregation_params
+from .data import load_hh_rlhf_harmless
+from .gold_scorers import GoldScorer, load_gold_scorer
+from .modeling_brme import BRMERewardModel
+from .overoptimization_config import OverOptimizationConfig, parse_setting
+from .robust_ppo_trainer import position_ids_from_mask, token_logprobs
+from .scoring import BRMEScorer
+from .script_args import resolve_model
+
+CURVE_FIELDS = [
+    "method",
+    "setting",
+    "seed",
+    "step",
+    "kl",
+    "sqrt_kl",
+    "gold",
+    "proxy",
+    "proxy_nominal",
+    "proxy_worst",
+    "proxy_mean",
+    "proxy_std",
+]
+
+
+@dataclass
+class Answers:
+    """Answers sampled for some prompts: left-padded prompt ids, response ids (pad after the stop token), masks and
+    the decoded response text."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    texts: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prompts, sampling, KL
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_prompts(tokenizer: PreTrainedTokenizerBase, max_prompt_length: int) -> tuple[list[str], list[str], int]:
+    """Distinct prompts (last Human turn) of the shipped HH-RLHF train and test splits that fit `max_prompt_length`
+    tokens, and how many were left out for length."""
+    data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
+    dropped = 0
+    splits = []
+    for split in ("train", "test"):
+        prompts = list(dict.fromkeys(data[split]["prompt"]))
+        lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+        dropped += sum(n > max_prompt_length for n in lengths)
+        splits.append([p for p, n in zip(prompts, lengths, strict=True) if n <= max_prompt_length])
+    return splits[0], splits[1], dropped
+
+
+@torch.no_grad()
+def sample_answers(
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+) -> Answers:
+    """One answer per prompt, sampled as the RL trainers sample (top_k=0, top_p=1, `temperature`), cut after EOS."""
+    device = next(policy.parameters()).device
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = policy.generate(
+        **encoded,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    responses = out[:, encoded["input_ids"].shape[1] :]
+    is_eos = responses == tokenizer.eos_token_id
+    # Keep tokens up to and including the first EOS: it was sampled, and the rest is generation padding.
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    response_mask = (~after_eos).long()
+    texts = [
+        tokenizer.decode(row[mask.bool()], skip_special_tokens=True)
+        for row, mask in zip(responses, response_mask, strict=True)
+    ]
+    return Answers(encoded["input_ids"], encoded["attention_mask"], responses, response_mask, texts)
+
+
+def sample_in_batches(
+    policy: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: OverOptimizationConfig
+) -> list[Answers]:
+    step = config.generation_batch_size
+    return [
+        sample_answers(policy, tokenizer, prompts[i : i + step], config.response_length, config.temperature)
+        for i in range(0, len(prompts), step)
+    ]
+
+
+@torch.no_grad()
+def sequence_logprobs(model: nn.Module, answers: Answers, temperature: float) -> torch.Tensor:
+    """Log-probability of each whole response under `model` at `temperature`, shape `[batch]`."""
+    input_ids = torch.cat([answers.query_ids, answers.response_ids], 1)
+    mask = torch.cat([answers.query_mask, answers.response_mask], 1)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    context = answers.query_ids.shape[1]
+    logprobs = token_logprobs(logits[:, context - 1 : -1], answers.response_ids, temperature)
+    return (logprobs * answers.response_mask).sum(-1)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL of best-of-n sampling to the sampling policy, log n - (n - 1) / n (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gold labels and the proxy
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def label_pairs(
+    prompts: list[str],
+    first: list[str],
+    second: list[str],
+    gold_first: list[float],
+    gold_second: list[float],
+    label_noise: float,
+    min_gold_margin: float,
+    rng: np.random.Generator,
+) -> tuple[list[dict], int]:
+    """Preference rows (`prompt`, `chosen`, `rejected`) from two answers per prompt: gold prefers the higher score; a
+    `label_noise` fraction of labels is flipped at random; ties (gold margin <= `min_gold_margin`) are left out.
+    Returns the rows and the number of flipped labels."""
+    rows, flipped = [], 0
+    for prompt, a, b, ga, gb in zip(prompts, first, second, gold_first, gold_second, strict=True):
+        if abs(ga - gb) <= min_gold_margin:
+            continue
+        chosen, rejected = (a, b) if ga > gb else (b, a)
+        if rng.random() < label_noise:
+            chosen, rejected = rejected, chosen
+            flipped += 1
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows, flipped
+
+
+def gold_labelled_pairs(
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    gold: GoldScorer,
+    config: OverOptimizationConfig,
+) -> tuple[list[dict], list[dict], dict]:
+    """Training pairs (noisy labels) and evaluation pairs (clean labels) for the proxy, from two answers of the
+    initial policy per prompt, drawing prompts until both sets are full or the prompts run out."""
+    rng = np.random.default_rng(config.proxy_seed)
+    needed = config.num_proxy_pairs + config.num_proxy_eval_pairs
+    rows, sampled = [], 0
+    progress = tqdm(total=needed, desc="Gold-labelled pairs", unit="pair")
+    for start in range(0, len(prompts), config.generation_batch_size):
+        if len(rows) >= needed:
+            break
+        chunk = prompts[start : start + config.generation_batch_size]
+        first = sample_answers(policy, tokenizer, chunk, config.response_length, config.temperature).texts
+        second = sample_answers(policy, tokenizer, chunk, config.response_length, config.temperature).texts
+        sampled += len(chunk)
+        # Labels stay clean here; noise goes on the training pairs only, below.
+        new, _ = label_pairs(
+            chunk, first, second, gold(chunk, first), gold(chunk, second), 0.0, config.min_gold_margin, rng
+        )
+        progress.update(min(len(new), needed - len(rows)))
+        rows += new
+    progress.close()
+    eval_rows = rows[: config.num_proxy_eval_pairs]
+    train_rows = rows[config.num_proxy_eval_pairs : needed]
+    if len(train_rows) < 8:
+        raise ValueError(
+            f"Only {len(train_rows)} non-tied gold-labelled training pairs from {sampled} prompts: the gold scorer "
+            f"gives these answers (nearly) equal scores. Use a gold scorer with more spread, a smaller "
+            f"min_gold_margin ({config.min_gold_margin}), or more prompts."
+        )
+    flips = rng.random(len(train_rows)) < config.label_noise
+    for row, flip in zip(train_rows, flips, strict=True):
+        if flip:
+            row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+    stats = {
+        "prompts_sampled": sampled,
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "flipped_labels": int(flips.sum()),
+        "ties_left_out": sampled - len(rows),
+    }
+    return train_rows, eval_rows, stats
+
+
+def train_proxy(train_rows: list[dict], eval_rows: list[dict], config: OverOptimizationConfig, out: Path) -> dict:
+    """Train the proxy BRME on the noisy pairs and measure its agreement with gold on the clean held-out pairs."""
+    backbone = resolve_model(config.proxy_backbone)
+    set_seed(config.proxy_seed)  # the heads' random init
+    model = BRMERewardModel.from_backbone(backbone, num_heads=config.proxy_num_heads)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    args = BRMERewardConfig(
+        output_dir=str(out / "proxy_checkpoints"),
+        num_heads=config.proxy_num_heads,
+        num_train_epochs=config.proxy_epochs,
+        per_device_train_batch_size=config.proxy_batch_size,
+        per_device_eval_batch_size=2 * config.proxy_batch_size,
+        learning_rate=config.proxy_learning_rate,
+        max_length=None,
+        gradient_checkpointing=False,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=config.proxy_seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = BRMERewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    metrics = trainer.evaluate() if eval_rows else {}
+    trainer.save_model(str(out / "proxy"))
+    tokenizer.save_pretrained(str(out / "proxy"))
+    shutil.rmtree(out / "proxy_checkpoints", ignore_errors=True)
+    return {k.removeprefix("eval_"): v for k, v in metrics.items() if "accuracy" in k or k in ("eval_ece", "eval_loss")}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measuring a policy
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PolicyJudge:
+    """Gold reward, proxy reward (each aggregation) and KL to the initial policy of fresh answers to fixed prompts.
+    Sampling uses its own fixed seed inside `torch.random.fork_rng`, so measuring never changes a run's random
+    stream, and every policy is measured on the same random draws."""
+
+    def __init__(
+        self,
+        reference: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        gold: GoldScorer,
+        proxy: BRMEScorer,
+        config: OverOptimizationConfig,
+    ):
+        self.reference, self.tokenizer, self.prompts = reference, tokenizer, prompts
+        self.gold, self.proxy, self.config = gold, proxy, config
+
+    def __call__(self, policy: nn.Module, setting: str, seed: int) -> dict[str, float]:
+        was_training = policy.training
+        policy.eval()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            torch.manual_seed(10_000 + seed)
+            batches = sample_in_batches(policy, self.tokenizer, self.prompts, self.config)
+        kl = torch.cat(
+            [
+                sequence_logprobs(policy, a, self.config.temperature)
+                - sequence_logprobs(self.reference, a, self.config.temperature)
+                for a in batches
+            ]
+        )
+        policy.train(was_training)
+        texts = [text for a in batches for text in a.texts]
+        gold = torch.tensor(self.gold(self.prompts, texts), dtype=torch.float)
+        return {
+            "kl": kl.mean().item(),
+            "gold": gold.mean().item(),
+            **proxy_terms(self.proxy.score(self.prompts, texts), setting),
+        }
+
+
+def aggregate_params(aggregation: str, params: dict[str, float]) -> dict[str, float]:
+    """`rewards.aggregate` parameters of a setting, with the robust RL configs' defaults where it gives none."""
+    return aggregation_params(RobustRewardFields(reward_aggregation=aggregation, **params))
+
+
+def proxy_terms(scores, setting: str) -> dict[str, float]:
+    """Mean proxy reward under `setting` and the nominal, worst and mean terms and mean std of some scored answers."""
+    aggregation, params = parse_setting(setting)
+    means, stds = scores.means, scores.stds
+    return {
+        "proxy": rewards.aggregate(aggregation, means, stds, **aggregate_params(aggregation, params)).mean().item(),
+        "proxy_nominal": rewards.nominal(means, stds).mean().item(),
+        "proxy_worst": rewards.worst(means).mean().item(),
+        "proxy_mean": rewards.mean(means).mean().item(),
+        "proxy_std": stds.mean().item(),
+    }
+
+
+def curve_row(method: str, setting: str, seed: int, step: int, measured: dict[str, float]) -> dict:
+    return {
+        "method": method,
+        "setting": setting,
+        "seed": seed,
+        "step": step,
+        "sqrt_kl": math.sqrt(max(measured["kl"], 0.0)),  # a sampled KL estimate can dip below 0 near the start
+        **measured,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The methods
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def best_of_n_rows(
+    gold: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, settings: list[str], seeds: list[int]
+) -> list[dict]:
+    """
+    Best-of-n on a pool of answers: for each prompt, the first n answers of a seeded random order of its pool, the one
+    the proxy (under each setting) ranks highest, with its gold and proxy scores, for n = 1, 2, 4, ... up to the pool.
+
+    Args:
+        gold (`torch.Tensor` of shape `[prompts, pool]`): gold score of every pooled answer.
+        means, stds (`torch.Tensor` of shape `[prompts, pool, K]`): the proxy heads' scores of every pooled answer.
+    """
+    num_prompts, pool, _ = means.shape
+    sizes = [2**i for i in range(int(math.log2(pool)) + 1)]
+    rows = []
+    for seed in seeds:
+        order = torch.stack(
+            [
+                torch.randperm(pool, generator=torch.Generator().manual_seed(seed * 100_003 + i))
+                for i in range(num_prompts)
+            ]
+        )
+        for setting in settings:
+            aggregation, params = parse_setting(setting)
+            flat = rewards.aggregate(
+                aggregation, means.flatten(0, 1), stds.flatten(0, 1), **aggregate_params(aggregation, params)
+            ).view(num_prompts, pool)
+            for n in sizes:
+                candidates = order[:, :n]
+                best = candidates.gather(1, flat.gather(1, candidates).argmax(1, keepdim=True)).squeeze(1)
+                index = torch.arange(num_prompts)
+                picked = _Picked(means[index, best], stds[index, best])
+                measured = {
+                    "kl": best_of_n_kl(n),
+                    "gold": gold[index, best].mean().item(),
+                    **proxy_terms(picked, setting),
+                }
+                rows.append(curve_row("bon", setting, seed, n, measured))
+    return rows
+
+
+@dataclass
+class _Picked:
+    means: torch.Tensor
+    stds: torch.Tensor
+
+
+class _MeasureEvery(TrainerCallback):
+    """Measure the policy every `every` optimiser updates and after the last one."""
+
+    def __init__(self, measure: Callable[[int], None], every: int, total: int):
+        self.measure, self.every, self.total = measure, every, total
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == self.total:
+            self.measure(state.global_step)
+
+
+def run_rl(
+    method: str,
+    setting: str,
+    seed: int,
+    config: OverOptimizationConfig,
+    policy_path: str,
+    proxy_dir: Path,
+    train_prompts: list[str],
+    judge: PolicyJudge,
+    out: Path,
+) -> list[dict]:
+    """One PPO or GRPO run against the proxy with `setting`'s aggregation; its measurements as curve rows."""
+    from .robust_grpo_config import RobustGRPOConfig
+    from .robust_grpo_trainer import RobustGRPOTrainer
+    from .robust_ppo_config import RobustPPOConfig
+    from .robust_ppo_trainer import RobustPPOTrainer
+
+    aggregation, params = parse_setting(setting)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    proxy_tokenizer = AutoTokenizer.from_pretrained(proxy_dir)
+    same_tokenizer = proxy_tokenizer.get_vocab() == tokenizer.get_vocab()
+    run_dir = out / "runs" / f"{method}-{setting.replace(':', '')}-seed{seed}"
+    episodes = config.rl_steps * config.rl_batch_size
+    prompts = Dataset.from_dict({"prompt": (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]})
+    common = dict(
+        output_dir=str(run_dir),
+        reward_aggregation=aggregation,
+        **params,
+        per_device_train_batch_size=config.rl_batch_size,
+        temperature=config.temperature,
+        learning_rate=config.rl_learning_rate,
+        logging_steps=1,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+    )
+    proxy_model = BRMERewardModel.from_pretrained(proxy_dir)
+    # The BRME's own logits use this lambda too: keep it equal to the run's, as the trainers expect.
+    proxy_model.config.robust_lambda = aggregate_params("robust", params)["robust_lambda"]
+    set_seed(seed)
+    if method == "ppo":
+        args = RobustPPOConfig(
+            **common,
+            local_rollout_forward_batch_size=config.rl_batch_size,
+            total_episodes=episodes,
+            num_ppo_epochs=config.num_ppo_epochs,
+            response_length=config.response_length,
+            stop_token="eos",
+            kl_coef=config.kl_coef,
+            num_sample_generations=0,
+        )
+        trainer = RobustPPOTrainer(
+            args=args,
+            processing_class=tokenizer,
+            model=AutoModelForCausalLM.from_pretrained(policy_path),
+            ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
+            reward_model=proxy_model,
+            train_dataset=prompts,
+            # The value model reads the policy's tokens: start it from the proxy when they share a tokenizer.
+            value_model=AutoModelForSequenceClassification.from_pretrained(
+                proxy_dir if same_tokenizer else policy_path, num_labels=1
+            ),
+            reward_processing_class=None if same_tokenizer else proxy_tokenizer,
+        )
+
+        def policy() -> nn.Module:
+            return trainer.accelerator.unwrap_model(trainer.model).policy
+
+    else:
+        args = RobustGRPOConfig(
+            **common,
+            num_generations=config.num_generations,
+            max_completion_length=config.response_length,
+            max_steps=config.rl_steps,
+            beta=config.kl_coef,
+            top_k=0,
+            top_p=1.0,
+        )
+        trainer = RobustGRPOTrainer(
+            model=policy_path,
+            reward_funcs=proxy_model,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_processing_classes=proxy_tokenizer,
+        )
+
+        def policy() -> nn.Module:
+            return trainer.accelerator.unwrap_model(trainer.model)
+
+    rows = []
+
+    def measure(step: int) -> None:
+        rows.append(curve_row(method, setting, seed, step, judge(policy(), setting, seed)))
+
+    measure(0)
+    trainer.add_callback(_MeasureEvery(measure, config.eval_every, config.rl_steps))
+    trainer.train()
+    shutil.rmtree(run_dir, ignore_errors=True)  # the curves are the result; checkpoints of every run would be GBs
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Summary and plots
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method and setting, over seeds (mean and std): peak gold, final gold, drop from peak, KL at peak, final KL
+    and final proxy reward. For best-of-n, "final" is the largest n."""
+    groups: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["setting"]), {}).setdefault(row["seed"], []).append(row)
+    summary = []
+    for (method, setting), by_seed in groups.items():
+        per_seed = []
+        for curve in by_seed.values():
+            curve = sorted(curve, key=lambda r: r["step"])
+            peak = max(curve, key=lambda r: r["gold"])
+            final = curve[-1]
+            per_seed.append(
+                {
+                    "peak_gold": peak["gold"],
+                    "final_gold": final["gold"],
+                    "drop_from_peak": peak["gold"] - final["gold"],
+                    "kl_at_peak": peak["kl"],
+                    "final_kl": final["kl"],
+                    "final_proxy": final["proxy"],
+                }
+            )
+        entry = {"method": method, "setting": setting, "seeds": len(per_seed)}
+        for key in per_seed[0]:
+            values = np.array([s[key] for s in per_seed], dtype=float)
+            entry[key] = float(values.mean())
+            entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    keys = ["peak_gold", "final_gold", "drop_from_peak", "kl_at_peak", "final_kl", "final_proxy"]
+    lines = [
+        "| method | setting | seeds | " + " | ".join(keys) + " |",
+        "|---|---|---:|" + "---:|" * len(keys),
+    ]
+    for e in summary:
+        cells = [f"{e[k]:.3f} ± {e[k + '_std']:.3f}" for k in keys]
+        lines.append(f"| {e['method']} | {e['setting']} | {e['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
+    """Gold (top) and proxy (bottom) reward against sqrt(KL), one column per method, one line per setting (means over
+    seeds at each step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 7.5), squeeze=False)
+    for column, method in enumerate(methods):
+        for index, setting in enumerate(settings):
+            steps: dict[int, list[dict]] = {}
+            for r in rows:
+                if r["method"] == method and r["setting"] == setting:
+                    steps.setdefault(r["step"], []).append(r)
+            if not steps:
+                continue
+            points = sorted(steps.items())
+            x = [np.mean([r["sqrt_kl"] for r in group]) for _, group in points]
+            for row, key in enumerate(("gold", "proxy")):
+                y = [np.mean([r[key] for r in group]) for _, group in points]
+                style = "-" if setting.startswith("robust") else "--"
+                axes[row][column].plot(x, y, style, marker="o", markersize=3, color=colours(index % 10), label=setting)
+        for row, key in enumerate(("gold reward", "proxy reward (optimised)")):
+            ax = axes[row][column]
+            ax.set_title(f"{method.upper()}: {key}")
+            ax.set_xlabel("sqrt(KL to the initial policy)")
+            ax.grid(alpha=0.3)
+        axes[0][column].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
+    tmp = path.with_suffix(path.suffix + ".partial")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)  # a reader never sees half a file
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer | None = None) -> dict:
+    """
+    Run the whole experiment (see the module docstring) and write its outputs to `config.output_dir`. `gold` overrides
+    `config.gold` with a scorer object. Returns the summary rows and the paths written.
+    """
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gold_scorer = load_gold_scorer(gold if gold is not None else config.gold)
+    policy_path = resolve_model(config.policy_model)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_prompts, eval_prompts, dropped = load_prompts(tokenizer, config.max_prompt_length)
+    eval_prompts = eval_prompts[: config.num_eval_prompts]
+    print(
+        f"[trl-robust] {len(train_prompts)} train and {len(eval_prompts)} evaluation prompts "
+        f"({dropped} longer than {config.max_prompt_length} tokens left out)"
+    )
+    reference = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
+
+    timings = {}
+    started = time.perf_counter()
+    if config.proxy_model is None:
+        print("[trl-robust] 1/3 gold-labelled pairs and the proxy BRME")
+        set_seed(config.proxy_seed)
+        train_rows, eval_rows, pair_stats = gold_labelled_pairs(
+            reference, tokenizer, train_prompts, gold_scorer, config
+        )
+        proxy_metrics = train_proxy(train_rows, eval_rows, config, out)
+        proxy_dir = out / "proxy"
+    else:
+        proxy_dir = Path(config.proxy_model)
+        earlier = proxy_dir.parent / "run_info.json"  # what the run that trained it measured, when it is there
+        earlier = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        pair_stats, proxy_metrics = earlier.get("pairs", {}), earlier.get("proxy_gold_agreement", {})
+        print(f"[trl-robust] 1/3 reusing the proxy BRME {proxy_dir}")
+    timings["proxy_s"] = time.perf_counter() - started
+    proxy = BRMEScorer(
+        BRMERewardModel.from_pretrained(proxy_dir).to(device),
+        AutoTokenizer.from_pretrained(proxy_dir),
+        batch_size=config.generation_batch_size,
+    )
+    print(f"[trl-robust] proxy: {pair_stats}; agreement with gold on clean held-out pairs: {proxy_metrics}")
+
+    judge = PolicyJudge(reference, tokenizer, eval_prompts, gold_scorer, proxy, config)
+    rows: list[dict] = []
+    curves = out / "curves.csv"
+    if "bon" in config.methods:
+        print(f"[trl-robust] 2/3 best-of-n: a pool of {config.bon_pool_size} answers per evaluation prompt")
+        set_seed(config.proxy_seed)
+        pool = [
+            sample_in_batches(reference, tokenizer, eval_prompts, config)
+            for _ in tqdm(range(config.bon_pool_size), desc="Best-of-n pool", unit="answer/prompt")
+        ]
+        texts = [[t for a in answers for t in a.texts] for answers in pool]  # [pool][prompt]
+        gold_pool = torch.tensor([gold_scorer(eval_prompts, t) for t in texts]).T
+        scored = [proxy.score(eval_prompts, t) for t in texts]
+        means = torch.stack([s.means for s in scored], 1).cpu()
+        stds = torch.stack([s.stds for s in scored], 1).cpu()
+        rows += best_of_n_rows(gold_pool, means, stds, config.settings, config.seeds)
+        write_csv(rows, curves, CURVE_FIELDS)
+        timings["best_of_n_s"] = time.perf_counter() - started - timings["proxy_s"]
+
+    runs = [(m, s, seed) for m in config.methods if m != "bon" for s in config.settings for seed in config.seeds]
+    if runs:
+        print(f"[trl-robust] 3/3 {len(runs)} RL runs of {config.rl_steps} updates")
+    for method, setting, seed in tqdm(runs, desc="RL runs", unit="run"):
+        run_started = time.perf_counter()
+        rows += run_rl(method, setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
+        timings[f"{method}-{setting}-seed{seed}_s"] = time.perf_counter() - run_started
+        write_csv(rows, curves, CURVE_FIELDS)  # after every run: a stopped sweep keeps what it measured
+
+    summary = summarize(rows)
+    write_csv(summary, out / "summary.csv", list(summary[0]))
+    table = summary_markdown(summary)
+    (out / "summary.md").write_text(table)
+    plot = plot_curves(rows, out / "gold_vs_sqrt_kl.png", f"Over-optimisation: gold = {config.gold}, proxy = BRME")
+    info = {
+        "config": asdict(config),
+        "pairs": pair_stats,
+        "proxy_gold_agreement": proxy_metrics,
+        "dropped_prompts": dropped,
+        "timings": timings,
+        "device": str(device),
+    }
+    (out / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
+    print("\n" + table)
+    print(f"Curves: {curves}\nSummary: {out / 'summary.md'}\nPlot: {plot}")
+    return {"summary": summary, "curves": str(curves), "plot": str(plot), **info}
