@@ -155,3 +155,129 @@ def test_killed_inside_a_save_keeps_the_previous_checkpoint_and_resumes_from_it(
     saved = sorted(p.name for p in interrupted.glob("checkpoint-*"))
     assert saved == [f"checkpoint-{step}" for step in range(2, RUNS[script][0] + 1, 2)]
     assert_same_run(script, references.folder(script), interrupted, first_resumed_step=3)
+
+
+@pytest.mark.slow
+def test_robust_grpo_resumes_from_its_last_complete_checkpoint_and_continues(tmp_path, smol_tokenizer):
+    from tests.robust_rl_helpers import prompt_dataset, rl_args, save_policy, snapshot, step_logs, train_great_brme
+    from trl_robust import RobustGRPOConfig, RobustGRPOTrainer
+
+    torch.set_num_threads(1)
+    policy, brme = save_policy(tmp_path / "policy", smol_tokenizer), train_great_brme(tmp_path / "brme", smol_tokenizer)
+    out = tmp_path / "out"
+
+    def trainer(max_steps, output_dir=out):
+        args = rl_args(output_dir, smol_tokenizer, max_steps=max_steps, lr_scheduler_type="constant")
+        args.update(save_strategy="steps", save_steps=1, save_total_limit=1)
+        return RobustGRPOTrainer(
+            model=str(policy),
+            reward_funcs=str(brme),
+            args=RobustGRPOConfig(**args),
+            train_dataset=prompt_dataset(),
+            processing_class=smol_tokenizer,
+        )
+
+    first = trainer(2)
+    first.train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # rotated after the atomic rename
+    saved = load_file(out / "checkpoint-2" / "model.safetensors")
+    # A save killed half-way leaves only a staging folder, with a higher step: resume must not pick it.
+    (out / "tmp-checkpoint-9" / "checkpoint-9").mkdir(parents=True)
+    (out / "tmp-checkpoint-9" / "checkpoint-9" / "model.safetensors").write_bytes(b"half")
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
+
+    second = trainer(3)
+    loaded = {}
+    original_load = second._load_from_checkpoint
+
+    def record_load(checkpoint, *args, **kwargs):
+        original_load(checkpoint, *args, **kwargs)
+        loaded[checkpoint] = snapshot(second.model)
+
+    second._load_from_checkpoint = record_load
+    second.train(resume_from_checkpoint=True)
+    assert list(loaded) == [str(out / "checkpoint-2")]
+    for name, value in loaded[str(out / "checkpoint-2")].items():
+        torch.testing.assert_close(value, saved[name], msg=name)  # started from the checkpoint's weights ...
+    assert second.state.global_step == 3
+    assert [entry["step"] for entry in step_logs(second)] == [1, 2, 3]  # ... history restored, one more step logged
+    changed = snapshot(second.model)
+    assert any(not torch.equal(changed[name], saved[name]) for name in saved)  # ... and trained on
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-3"]  # leftover staging folder cleared
+
+    uninterrupted = trainer(3, tmp_path / "uninterrupted")
+    uninterrupted.train()
+    for name, value in snapshot(uninterrupted.model).items():
+        torch.testing.assert_close(changed[name], value, msg=name)
+
+
+def _deepspeed_run(output_dir: Path, *extra: str) -> None:
+    from tests.conftest import free_port
+    from trl_robust.accelerate_configs import config_path
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_path("cpu_zero2")]
+    cmd += ["--num_processes", "2", "--main_process_port", str(free_port())]
+    cmd += [str(SCRIPTS / "resume_brme.py"), "--deepspeed", "--output_dir", str(output_dir), *extra]
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+
+
+@pytest.mark.slow
+def test_atomic_checkpoints_under_deepspeed_hold_every_ranks_shards_and_resume(tmp_path):
+    """Two processes under ZeRO-2 each write their optimizer shard into the staging folder; the main one renames it only
+    after both did, so every checkpoint-N holds both shards, and resuming from one ends like the uninterrupted run."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _deepspeed_run(full)
+    assert staging_dirs(str(full)) == []
+    for step in (2, 4, 6, 8):
+        checkpoint = full / f"checkpoint-{step}"
+        assert (checkpoint / "trainer_state.json").is_file() and (
+            checkpoint / "latest"
+        ).read_text() == f"global_step{step}"
+        shards = sorted(p.name for p in (checkpoint / f"global_step{step}").glob("*optim_states.pt"))
+        assert [name[: len("zero_pp_rank_0")] for name in shards] == ["zero_pp_rank_0", "zero_pp_rank_1"], shards
+        assert len(list(checkpoint.glob("rng_state_*.pth"))) == 2  # one per rank
+
+    _deepspeed_run(resumed, "--resume", str(full / "checkpoint-4"))
+    assert_same_run("resume_brme.py", full, resumed, first_resumed_step=5)
+
+
+def test_best_checkpoint_is_recorded_under_its_final_name(tmp_path, smol_tokenizer):
+    """With load_best_model_at_end the Trainer looks for the best checkpoint while saving (inside the staging folder):
+    the path it records, in memory and in every trainer_state.json, is the final `checkpoint-N`, kept by rotation."""
+    from datasets import Dataset
+
+    from tests.conftest import preference_rows
+    from tests.test_brme_reward_trainer import config, tiny_brme
+    from trl_robust import BRMERewardTrainer
+
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    args = config(out, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2)
+    args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better = True, "eval_accuracy", True
+    args.save_total_limit = 1
+    data = Dataset.from_list(preference_rows(48))
+    trainer = BRMERewardTrainer(
+        tiny_brme(smol_tokenizer),
+        args,
+        train_dataset=data,
+        eval_dataset=data.select(range(8)),
+        processing_class=smol_tokenizer,
+    )
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.parent == out and best.name == f"checkpoint-{trainer.state.best_global_step}" and best.is_dir()
+    for state_file in out.glob("checkpoint-*/trainer_state.json"):
+        recorded = json.loads(state_file.read_text())["best_model_checkpoint"]
+        assert Path(recorded).parent == out and "tmp-" not in recorded, recorded
+    assert staging_dirs(str(out)) == []

@@ -1,12 +1,15 @@
 """
 Train a tiny BRME on CPU with checkpoints every 2 steps (run by tests/test_kill_resume.py in a subprocess).
 
-    python tests/scripts/resume_brme.py --output_dir OUT [--pause_after_save FLAG] [--die_in_save STEP] [--resume]
+    python tests/scripts/resume_brme.py --output_dir OUT [--pause_after_save FLAG] [--die_in_save STEP]
+        [--resume [PATH]]
+    accelerate launch --config_file cpu_zero2.yaml --num_processes 2 tests/scripts/resume_brme.py --deepspeed ...
 
 `--pause_after_save FLAG` writes FLAG once the first checkpoint is complete and then sleeps, so the test can SIGKILL
 the process at a known point. `--die_in_save STEP` SIGKILLs the process itself inside the save of step STEP, after the
 model and the optimizer are written and before the RNG and trainer states are. `--resume` continues from the last
-checkpoint in OUT. At the end the final model is saved to OUT/final and the log history to OUT/log_history.json.
+checkpoint in OUT, or from PATH. `--deepspeed`: launched under DeepSpeed on CPU (gloo). At the end the final model is
+saved to OUT/final and the log history to OUT/log_history.json.
 """
 
 import argparse
@@ -52,7 +55,8 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--pause_after_save")
     parser.add_argument("--die_in_save", type=int)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", nargs="?", const=True, default=None)
+    parser.add_argument("--deepspeed", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -85,7 +89,8 @@ def main() -> None:
         gradient_checkpointing=False,
         report_to="none",
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=not cli.deepspeed,
+        ddp_backend="gloo" if cli.deepspeed else None,
         seed=0,
     )
     callbacks = [PauseAfterFirstSave(Path(cli.pause_after_save))] if cli.pause_after_save else None
@@ -93,9 +98,10 @@ def main() -> None:
     trainer = DiesInSave(
         model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks
     )
-    trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    trainer.train(resume_from_checkpoint=cli.resume)
     trainer.save_model(str(Path(cli.output_dir) / "final"))
-    (Path(cli.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+    if trainer.accelerator.is_main_process:
+        (Path(cli.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history))
 
 
 if __name__ == "__main__":
