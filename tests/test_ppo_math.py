@@ -183,6 +183,9 @@ def test_selective_token_logprobs_equal_log_softmax_and_gather(temperature):
     (got * weights).sum().backward()
     (expected * weights).sum().backward()
     torch.testing.assert_close(logits.grad, expected_logits.grad, rtol=0, atol=1e-5)
+    # the hand-written backward against finite differences, in fp64; a non-contiguous slice of logits too
+    wide = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x[:, 1:], tokens[:2, :3] % 7, temperature), (wide,))
     # bf16 logits are scored in fp32, as the fp32 log-softmax of the same values
     low = logits.detach().bfloat16()
     expected_low = torch.log_softmax(low.float() / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -227,23 +227,54 @@ def value_loss(
     return loss, clipfrac
 
 
+# Full-vocabulary temporaries are made a block of rows at a time, about this many logits (16 MiB in fp32): small next
+# to the logits, and small enough that a CPU allocator reuses the blocks instead of mapping fresh pages every time.
+_ROW_BLOCK = 2**22
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """
-    Log-probability of `tokens` under `logits / temperature` (the distribution they were sampled from), in fp32.
+    Log-probability of `tokens` under `logits / temperature` (the distribution they were sampled from), in fp32 (fp64
+    for fp64 logits): `log_softmax(logits / temperature).gather(tokens)`, computed as the chosen logit minus the
+    logsumexp of its row, so that no full-vocabulary log-softmax is materialised.
 
-    Computed as the chosen logit minus the logsumexp of its row, which equals `log_softmax(...).gather(...)` without
-    materialising a full-vocabulary log-softmax: the backward keeps one fp32 copy of the scaled logits instead of the
-    scaled logits and the log-softmax.
+    The backward is written out (`_TokenLogprobs`): it keeps the logits themselves (no scaled fp32 copy) and the row
+    logsumexps, and builds the gradient `(onehot(token) - softmax) * grad / temperature` in a single full-vocabulary
+    buffer, where autograd would chain the division, logsumexp, gather and their sum through several.
     """
-    scaled = logits.float()
-    if temperature != 1.0:
-        scaled = scaled / temperature
-    chosen = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(scaled, dim=-1)
+    return _TokenLogprobs.apply(logits, tokens, temperature)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        rows = logits.reshape(-1, logits.shape[-1])
+        lse = torch.empty(rows.shape[0], dtype=dtype, device=logits.device)
+        step = max(1, _ROW_BLOCK // rows.shape[1])  # blocks of rows: the scaled copy stays small
+        for start in range(0, rows.shape[0], step):
+            lse[start : start + step] = torch.logsumexp(rows[start : start + step].to(dtype) / temperature, dim=-1)
+        lse = lse.view(tokens.shape)
+        chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(dtype) / temperature
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        return chosen - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, tokens, lse = ctx.saved_tensors
+        scale = (grad / ctx.temperature).unsqueeze(-1)
+        # d/dx_j (x_k / T - logsumexp(x / T)) = (1[j = k] - softmax(x / T)_j) / T, built in place in one buffer.
+        buffer = logits.to(lse.dtype, copy=True).div_(ctx.temperature).sub_(lse.unsqueeze(-1)).exp_().mul_(-scale)
+        buffer.scatter_add_(-1, tokens.unsqueeze(-1), scale)
+        return buffer.to(logits.dtype), None, None
 
 
 @torch.no_grad()
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_elements: int = 2**24) -> torch.Tensor:
+def entropy_from_logits(
+    logits: torch.Tensor, temperature: float = 1.0, chunk_elements: int = _ROW_BLOCK
+) -> torch.Tensor:
     """
     Entropy of the categorical distribution of every `[..., vocab]` row of `logits / temperature`, in fp32 and without
     gradient (it is a metric). Uses `H = logsumexp(x) - sum(softmax(x) * x)` over blocks of rows of about
@@ -338,21 +369,21 @@ def response_logits(
 ) -> torch.Tensor:
     """
     Policy logits `[batch, response_length, vocab]` at the positions that predict the response tokens
-    (`context_length - 1` to the second-to-last). A causal LM of transformers gets `logits_to_keep`, so its LM head
-    runs on those positions only: the prompt's full-vocabulary logits are never computed (forward or backward).
+    (`context_length - 1` to the second-to-last). A causal LM of transformers gets these positions as `logits_to_keep`,
+    so its LM head runs on them only: the prompt's full-vocabulary logits are never computed, and no slice of a larger
+    logits tensor has to be back-propagated.
     """
     base = policy.get_base_model() if is_peft_available() and isinstance(policy, PeftModel) else policy
-    response_length = input_ids.shape[1] - context_length
-    keep = {"logits_to_keep": response_length + 1} if _accepts_logits_to_keep(type(base)) else {}
+    positions = torch.arange(context_length - 1, input_ids.shape[1] - 1, device=input_ids.device)
+    keep = _accepts_logits_to_keep(type(base))
     logits = policy(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
-        **keep,
+        **({"logits_to_keep": positions} if keep else {}),
     ).logits
-    # The last response_length + 1 positions minus the very last, whether the model kept them all or only those.
-    return logits[:, -(response_length + 1) : -1]
+    return logits if keep else logits[:, context_length - 1 : -1]
 
 
 class PolicyAndValue(nn.Module):
