@@ -864,6 +864,7 @@ class RobustPPOTrainer(_BaseTrainer):
             self.model.train()
             with torch.enable_grad():
                 first_forward = self._policy_and_value_forward(input_ids, attention_mask, responses, context_length)
+            self.model.eval()  # the reference may be this policy with its adapters disabled
         logprobs, ref_logprobs, values, scores, means, stds = [], [], [], [], [], []
         chunk = args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
