@@ -13,10 +13,12 @@ from trl_robust.overoptimization import (
     best_of_n_kl,
     best_of_n_rows,
     label_pairs,
+    read_curves,
     run_overoptimization,
     sequence_logprobs,
     summarize,
     summary_markdown,
+    write_report,
 )
 from trl_robust.overoptimization_config import OverOptimizationConfig, parse_setting
 from trl_robust.tokenization import tokenize_for_reward
@@ -238,3 +240,8 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
     assert (out / "gold_vs_sqrt_kl.png").stat().st_size > 10_000
     assert (out / "proxy" / "model.safetensors").exists()
     assert result["pairs"]["train_pairs"] == 16 and result["pairs"]["eval_pairs"] == 8
+    # The CSV round-trips: a report re-made from it (as for several sweeps read together) is the same.
+    again = read_curves(out / "curves.csv")
+    assert len(again) == len(rows) and summarize(again) == result["summary"]  # floats are written exactly
+    summary, _, _ = write_report(again, tmp_path / "again", "again")
+    assert summary == result["summary"] and (tmp_path / "again" / "gold_vs_sqrt_kl.png").exists()

@@ -609,6 +609,28 @@ def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+def write_report(rows: list[dict], out: Path, title: str) -> tuple[list[dict], str, Path]:
+    """`curves.csv`, `summary.csv`, `summary.md` and `gold_vs_sqrt_kl.png` of some curve rows, in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "curves.csv", CURVE_FIELDS)
+    summary = summarize(rows)
+    write_csv(summary, out / "summary.csv", list(summary[0]))
+    table = summary_markdown(summary)
+    (out / "summary.md").write_text(table)
+    return summary, table, plot_curves(rows, out / "gold_vs_sqrt_kl.png", title)
+
+
+def read_curves(*paths: str | Path) -> list[dict]:
+    """Curve rows from one or more `curves.csv` files (to report several sweeps together with `write_report`)."""
+    rows = []
+    for path in paths:
+        with Path(path).open(newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: v if k in ("method", "setting") else float(v) for k, v in row.items()})
+                rows[-1]["seed"], rows[-1]["step"] = int(rows[-1]["seed"]), int(rows[-1]["step"])
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------------------------------
@@ -675,7 +697,7 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
         means = torch.stack([s.means for s in scored], 1).cpu()
         stds = torch.stack([s.stds for s in scored], 1).cpu()
         rows += best_of_n_rows(gold_pool, means, stds, config.settings, config.seeds)
-        write_csv(rows, curves, CURVE_FIELDS)
+        write_report(rows, out, f"Over-optimisation: gold = {config.gold}, proxy = BRME")
         timings["best_of_n_s"] = time.perf_counter() - started - timings["proxy_s"]
 
     runs = [(m, s, seed) for m in config.methods if m != "bon" for s in config.settings for seed in config.seeds]
@@ -685,13 +707,10 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
         run_started = time.perf_counter()
         rows += run_rl(method, setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
         timings[f"{method}-{setting}-seed{seed}_s"] = time.perf_counter() - run_started
-        write_csv(rows, curves, CURVE_FIELDS)  # after every run: a stopped sweep keeps what it measured
+        write_report(rows, out, f"Over-optimisation: gold = {config.gold}, proxy = BRME")  # a stopped sweep keeps it
 
-    summary = summarize(rows)
-    write_csv(summary, out / "summary.csv", list(summary[0]))
-    table = summary_markdown(summary)
-    (out / "summary.md").write_text(table)
-    plot = plot_curves(rows, out / "gold_vs_sqrt_kl.png", f"Over-optimisation: gold = {config.gold}, proxy = BRME")
+    title = f"Over-optimisation: gold = {config.gold}, proxy = BRME"
+    summary, table, plot = write_report(rows, out, title)
     info = {
         "config": asdict(config),
         "pairs": pair_stats,
