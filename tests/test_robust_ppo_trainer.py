@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenc
 
 from tests.conftest import tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
-from trl_robust.robust_ppo_trainer import left_pad
+from trl_robust.robust_ppo_trainer import left_pad, position_ids_from_mask, response_logits
 
 CANDIDATES = [100, 101, 102, 103]
 TARGET = 100
@@ -371,6 +371,25 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
     assert last_resumed["episode"] == last_full["episode"] == 24
     for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
         assert last_resumed[key] == pytest.approx(last_full[key], abs=1e-6), key
+
+
+def test_response_logits_are_the_full_forward_at_the_response_positions(smol_tokenizer):
+    policy = make_policy(smol_tokenizer).eval()
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]], 0)
+    ids = torch.cat([ids, torch.tensor([[100, 101, 102], [103, 100, 101]])], 1)
+    mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], 1)
+    with torch.no_grad():
+        full = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        kept = response_logits(policy, ids, mask, context_length=4)  # the LM head on 3 positions only
+
+        class NoLogitsToKeep(torch.nn.Module):  # a policy whose forward has no `logits_to_keep`: sliced instead
+            def forward(self, input_ids, attention_mask, position_ids, use_cache):
+                return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+        sliced = response_logits(NoLogitsToKeep(), ids, mask, context_length=4)
+    assert kept.shape == sliced.shape == (2, 3, full.shape[-1])
+    torch.testing.assert_close(kept, full[:, 3:6], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sliced, full[:, 3:6], rtol=0, atol=0)
 
 
 def test_reusing_the_rollout_forward_for_the_first_epoch_changes_nothing(tmp_path, smol_tokenizer):
