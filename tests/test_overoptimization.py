@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 
 import numpy as np
@@ -239,6 +240,13 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
     assert (out / "summary.md").read_text().count("\n") == 2 + 6
     assert (out / "gold_vs_sqrt_kl.png").stat().st_size > 10_000
     assert (out / "proxy" / "model.safetensors").exists()
+    samples = [json.loads(line) for line in (out / "samples" / "ppo-robust0.4-seed0.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0] * 4 + [1] * 4 + [2] * 4  # 4 evaluation prompts, 3 measurements
+    assert sum(s["gold"] for s in samples if s["step"] == 2) / 4 == pytest.approx(
+        next(
+            float(r["gold"]) for r in rows if r["method"] == "ppo" and r["setting"] == "robust:0.4" and r["step"] == "2"
+        )
+    )
     assert result["pairs"]["train_pairs"] == 16 and result["pairs"]["eval_pairs"] == 8
     # The CSV round-trips: a report re-made from it (as for several sweeps read together) is the same.
     again = read_curves(out / "curves.csv")

@@ -292,6 +292,7 @@ class PolicyJudge:
     ):
         self.reference, self.tokenizer, self.prompts = reference, tokenizer, prompts
         self.gold, self.proxy, self.config = gold, proxy, config
+        self.last_answers: list[dict] = []  # prompt, answer and gold score of the last measurement
 
     def __call__(self, policy: nn.Module, setting: str, seed: int) -> dict[str, float]:
         was_training = policy.training
@@ -309,6 +310,9 @@ class PolicyJudge:
         policy.train(was_training)
         texts = [text for a in batches for text in a.texts]
         gold = torch.tensor(self.gold(self.prompts, texts), dtype=torch.float)
+        self.last_answers = [
+            {"prompt": p, "answer": t, "gold": g} for p, t, g in zip(self.prompts, texts, gold.tolist(), strict=True)
+        ]
         return {
             "kl": kl.mean().item(),
             "gold": gold.mean().item(),
@@ -501,8 +505,14 @@ def run_rl(
 
     rows = []
 
+    samples = out / "samples" / f"{run_dir.name}.jsonl"
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    samples.unlink(missing_ok=True)
+
     def measure(step: int) -> None:
         rows.append(curve_row(method, setting, seed, step, judge(policy(), setting, seed)))
+        with samples.open("a") as f:  # what the policy says, next to what gold and the proxy made of it
+            f.writelines(json.dumps({"step": step, **answer}) + "\n" for answer in judge.last_answers)
 
     measure(0)
     trainer.add_callback(_MeasureEvery(measure, config.eval_every, config.rl_steps))
