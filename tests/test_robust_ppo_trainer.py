@@ -513,3 +513,24 @@ def test_a_reward_model_with_another_tokenizer_scores_re_tokenised_text(tmp_path
     expected = BRMEScorer(brme, bert_tokenizer, "robust", robust_lambda=0.4).score(prompts, responses)
     torch.testing.assert_close(got["means"], expected.means)
     torch.testing.assert_close(got["scores"], expected.rewards)
+
+
+def test_value_model_starts_from_the_reward_model_when_they_share_a_tokenizer(tmp_path, smol_tokenizer, bert_tokenizer):
+    from trl_robust.robust_ppo_trainer import load_value_model
+
+    policy_dir, reward_dir = tmp_path / "policy", tmp_path / "reward"
+    make_policy(smol_tokenizer).save_pretrained(policy_dir)
+    make_token_fraction_rm(smol_tokenizer).save_pretrained(reward_dir)
+    reward_embed = make_token_fraction_rm(smol_tokenizer).model.embed_tokens.weight
+    policy_embed = make_policy(smol_tokenizer).model.embed_tokens.weight
+
+    value, reward_tokenizer = load_value_model(str(policy_dir), str(reward_dir), smol_tokenizer, smol_tokenizer)
+    assert reward_tokenizer is None  # same vocabulary: the trainer scores the policy's tokens directly
+    assert torch.equal(value.model.embed_tokens.weight, reward_embed)
+
+    value, reward_tokenizer = load_value_model(str(policy_dir), str(reward_dir), smol_tokenizer, bert_tokenizer)
+    assert reward_tokenizer is bert_tokenizer  # another vocabulary: re-tokenised text, value model from the policy
+    assert torch.equal(value.model.embed_tokens.weight, policy_embed) and value.config.num_labels == 1
+
+    value, _ = load_value_model(str(policy_dir), str(reward_dir), smol_tokenizer, bert_tokenizer, str(reward_dir))
+    assert torch.equal(value.model.embed_tokens.weight, reward_embed)  # an explicit value_path wins

@@ -29,7 +29,6 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
     TrainerCallback,
@@ -44,7 +43,7 @@ from .data import load_hh_rlhf_harmless
 from .gold_scorers import GoldScorer, load_gold_scorer
 from .modeling_brme import BRMERewardModel
 from .overoptimization_config import OverOptimizationConfig, parse_setting
-from .robust_ppo_trainer import position_ids_from_mask, token_logprobs
+from .robust_ppo_trainer import load_value_model, position_ids_from_mask, token_logprobs
 from .scoring import BRMEScorer
 from .script_args import resolve_model
 
@@ -431,7 +430,6 @@ def run_rl(
     aggregation, params = parse_setting(setting)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     proxy_tokenizer = AutoTokenizer.from_pretrained(proxy_dir)
-    same_tokenizer = proxy_tokenizer.get_vocab() == tokenizer.get_vocab()
     run_dir = out / "runs" / f"{method}-{setting.replace(':', '')}-seed{seed}"
     episodes = config.rl_steps * config.rl_batch_size
     prompts = Dataset.from_dict({"prompt": (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]})
@@ -454,6 +452,7 @@ def run_rl(
     proxy_model.config.robust_lambda = aggregate_params("robust", params)["robust_lambda"]
     set_seed(seed)
     if method == "ppo":
+        value_model, reward_processing_class = load_value_model(policy_path, str(proxy_dir), tokenizer, proxy_tokenizer)
         args = RobustPPOConfig(
             **common,
             local_rollout_forward_batch_size=config.rl_batch_size,
@@ -471,11 +470,8 @@ def run_rl(
             ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
             reward_model=proxy_model,
             train_dataset=prompts,
-            # The value model reads the policy's tokens: start it from the proxy when they share a tokenizer.
-            value_model=AutoModelForSequenceClassification.from_pretrained(
-                proxy_dir if same_tokenizer else policy_path, num_labels=1
-            ),
-            reward_processing_class=None if same_tokenizer else proxy_tokenizer,
+            value_model=value_model,
+            reward_processing_class=reward_processing_class,
         )
 
         def policy() -> nn.Module:

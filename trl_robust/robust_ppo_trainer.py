@@ -22,7 +22,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 from datasets import Dataset
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import (
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import TrainerState
@@ -301,6 +307,26 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of every row (works for left and right padding and for pad == eos)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * positions).argmax(-1)
+
+
+def load_value_model(
+    policy_path: str,
+    reward_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    value_path: str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """
+    The value model a PPO run starts from, and the `reward_processing_class` to give the trainer. The value model reads
+    the policy's tokens: it starts from the reward model (as the PPO implementation details advise) when the two share
+    a vocabulary, else from the policy; `value_path` overrides both. The reward tokenizer comes back only when it
+    differs from the policy's (the trainer then scores re-tokenised text), else None.
+    """
+    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
+    path = value_path or (reward_path if same_tokenizer else policy_path)
+    value_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **from_pretrained_kwargs)
+    return value_model, None if same_tokenizer else reward_tokenizer
 
 
 def exact_div(a: int, b: int, what: str) -> int:

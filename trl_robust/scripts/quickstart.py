@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from trl_robust import (
     BRMERewardConfig,
@@ -25,6 +25,7 @@ from trl_robust import (
 )
 from trl_robust.offline_models import all_minilm_l6_v2, smollm2_135m_instruct
 from trl_robust.plotting import plot_log_history
+from trl_robust.robust_ppo_trainer import load_value_model
 
 MODELS = {"minilm": all_minilm_l6_v2, "smollm2": smollm2_135m_instruct}
 RM_REPORTED = [
@@ -147,8 +148,9 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    reward_tokenizer = AutoTokenizer.from_pretrained(brme_dir)
-    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
+    value_model, reward_processing_class = load_value_model(
+        policy_path, brme_dir, tokenizer, AutoTokenizer.from_pretrained(brme_dir)
+    )
     config = RobustPPOConfig(
         output_dir=str(out / "ppo"),
         reward_aggregation="robust",
@@ -175,11 +177,8 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
         reward_model=BRMERewardModel.from_pretrained(brme_dir),
         train_dataset=prompts,
-        # The value model reads the policy's tokens: start it from the RM when they share a tokenizer, else the policy.
-        value_model=AutoModelForSequenceClassification.from_pretrained(
-            brme_dir if same_tokenizer else policy_path, num_labels=1
-        ),
-        reward_processing_class=None if same_tokenizer else reward_tokenizer,
+        value_model=value_model,
+        reward_processing_class=reward_processing_class,
     )
     trainer.train()
     trainer.save_model(str(out / "ppo_policy"))

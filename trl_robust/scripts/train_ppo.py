@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from trl_robust import RobustPPOConfig, RobustPPOTrainer
 from trl_robust.recipe_parser import RecipeParser
+from trl_robust.robust_ppo_trainer import load_value_model
 from trl_robust.script_args import PromptScriptArguments, load_splits, prompts_only, resolve_model
 
 
@@ -38,15 +39,16 @@ def load_models(script_args: PPOScriptArguments, training_args: RobustPPOConfig)
     reward_path = resolve_model(training_args.reward_model_path)
     tokenizer = AutoTokenizer.from_pretrained(policy_path, **remote)
     reward_tokenizer = AutoTokenizer.from_pretrained(reward_path, **remote)
-    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
-    value_path = script_args.value_model_path or (reward_path if same_tokenizer else policy_path)
+    value_model, reward_processing_class = load_value_model(
+        policy_path, reward_path, tokenizer, reward_tokenizer, script_args.value_model_path, **remote
+    )
     return {
         "processing_class": tokenizer,
         "model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
         "ref_model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
         "reward_model": AutoModelForSequenceClassification.from_pretrained(reward_path, **remote),
-        "value_model": AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1, **remote),
-        "reward_processing_class": None if same_tokenizer else reward_tokenizer,
+        "value_model": value_model,
+        "reward_processing_class": reward_processing_class,
     }
 
 
