@@ -158,9 +158,12 @@ def test_killed_inside_a_save_keeps_the_previous_checkpoint_and_resumes_from_it(
 
 
 @pytest.mark.slow
-def test_robust_grpo_resumes_from_its_last_complete_checkpoint_and_continues(tmp_path, smol_tokenizer):
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_robust_grpo_and_rloo_resume_from_their_last_complete_checkpoint_and_continue(tmp_path, smol_tokenizer, kind):
     from tests.robust_rl_helpers import prompt_dataset, rl_args, save_policy, snapshot, step_logs, train_great_brme
-    from trl_robust import RobustGRPOConfig, RobustGRPOTrainer
+    from trl_robust import RobustGRPOConfig, RobustGRPOTrainer, RobustRLOOConfig, RobustRLOOTrainer
+
+    Trainer, Config = (RobustGRPOTrainer, RobustGRPOConfig) if kind == "grpo" else (RobustRLOOTrainer, RobustRLOOConfig)
 
     torch.set_num_threads(1)
     policy, brme = save_policy(tmp_path / "policy", smol_tokenizer), train_great_brme(tmp_path / "brme", smol_tokenizer)
@@ -169,10 +172,10 @@ def test_robust_grpo_resumes_from_its_last_complete_checkpoint_and_continues(tmp
     def trainer(max_steps, output_dir=out):
         args = rl_args(output_dir, smol_tokenizer, max_steps=max_steps, lr_scheduler_type="constant")
         args.update(save_strategy="steps", save_steps=1, save_total_limit=1)
-        return RobustGRPOTrainer(
+        return Trainer(
             model=str(policy),
             reward_funcs=str(brme),
-            args=RobustGRPOConfig(**args),
+            args=Config(**args),
             train_dataset=prompt_dataset(),
             processing_class=smol_tokenizer,
         )
