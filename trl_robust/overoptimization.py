@@ -44,7 +44,7 @@ from .gold_scorers import GoldScorer, load_gold_scorer
 from .modeling_brme import BRMERewardModel
 from .overoptimization_config import OverOptimizationConfig, parse_setting
 from .robust_ppo_trainer import load_value_model, position_ids_from_mask, token_logprobs
-from .scoring import BRMEScorer
+from .scoring import BRMEScorer, BRMEScores
 from .script_args import resolve_model
 
 CURVE_FIELDS = [
@@ -383,7 +383,7 @@ def best_of_n_rows(
                 candidates = order[:, :n]
                 best = candidates.gather(1, flat.gather(1, candidates).argmax(1, keepdim=True)).squeeze(1)
                 index = torch.arange(num_prompts)
-                picked = _Picked(means[index, best], stds[index, best])
+                picked = BRMEScores(means[index, best], stds[index, best], flat[index, best])
                 measured = {
                     "kl": best_of_n_kl(n),
                     "gold": gold[index, best].mean().item(),
@@ -391,12 +391,6 @@ def best_of_n_rows(
                 }
                 rows.append(curve_row("bon", setting, seed, n, measured))
     return rows
-
-
-@dataclass
-class _Picked:
-    means: torch.Tensor
-    stds: torch.Tensor
 
 
 class _MeasureEvery(TrainerCallback):
