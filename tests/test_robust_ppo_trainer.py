@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
 
 from tests.conftest import tiny_text_config
-from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
+from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, robust_ppo_trainer
 from trl_robust.robust_ppo_trainer import left_pad, position_ids_from_mask, response_logits
 
 CANDIDATES = [100, 101, 102, 103]
@@ -317,6 +317,26 @@ def test_batch_size_errors_name_the_fields(tmp_path, smol_tokenizer):
     assert (trainer.args.batch_size, trainer.args.local_mini_batch_size, trainer.grad_accum_steps) == (8, 2, 1)
     assert trainer.args.num_total_batches == 6  # num_train_epochs 3 * 16 prompts / 8
     assert build(max_steps=2).args.num_total_batches == 2
+
+
+@pytest.mark.parametrize(("every", "expected_calls"), [(None, 0), (2, 2)])
+def test_accelerator_cache_is_emptied_only_every_torch_empty_cache_steps(
+    tmp_path, smol_tokenizer, monkeypatch, every, expected_calls
+):
+    calls = []
+    monkeypatch.setattr(robust_ppo_trainer, "_empty_cache", lambda: calls.append(1))
+    trainer = RobustPPOTrainer(
+        _args(tmp_path, max_steps=4, num_ppo_epochs=1, torch_empty_cache_steps=every),
+        smol_tokenizer,
+        make_policy(smol_tokenizer),
+        None,
+        make_token_fraction_rm(smol_tokenizer),
+        tokenized_prompts(smol_tokenizer),
+        make_value_model(smol_tokenizer),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert len(calls) == expected_calls
 
 
 def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenizer):

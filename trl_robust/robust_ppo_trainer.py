@@ -458,7 +458,7 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tenso
 
 
 def _empty_cache() -> None:
-    """Return freed accelerator memory between phases (a no-op on CPU). No `gc.collect()`: tensors are freed by
+    """Return cached accelerator memory to the device (a no-op on CPU). No `gc.collect()`: tensors are freed by
     reference counting once deleted, and a full collection costs ~1 s per call in a large Python process."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -1096,9 +1096,7 @@ class RobustPPOTrainer(_BaseTrainer):
             queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
             self.model.eval()
             batch = self._rollout(queries, query_mask)
-            _empty_cache()
             stats = self._ppo_epochs(batch)
-            _empty_cache()
 
             self.state.episode += args.batch_size
             self._session_episodes += args.batch_size
@@ -1119,7 +1117,10 @@ class RobustPPOTrainer(_BaseTrainer):
             if self.control.should_save:
                 self._save_checkpoint(self.model, trial=None)
                 self.control = self.callback_handler.on_save(args, self.state, self.control)
-            _empty_cache()
+            # As the HF Trainer: only when asked. Emptying the cache frees nothing for PyTorch itself and makes the
+            # next phase allocate from the driver again.
+            if args.torch_empty_cache_steps and self.state.global_step % args.torch_empty_cache_steps == 0:
+                _empty_cache()
             if self.control.should_training_stop:
                 break
 
