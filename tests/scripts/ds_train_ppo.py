@@ -3,12 +3,14 @@ Train a tiny policy with RobustPPOTrainer under DeepSpeed (run by tests/test_rob
 `accelerate launch`).
 
     DS_ACCELERATOR=cpu accelerate launch --config_file trl_robust/accelerate_configs/cpu_zero3.yaml \
-        tests/scripts/ds_train_ppo.py --output_dir OUT [--reward brme]
+        tests/scripts/ds_train_ppo.py --output_dir OUT [--reward brme] [--lora]
 
 Also runs without DeepSpeed under DDP: `ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2
 tests/scripts/ds_train_ppo.py --output_dir OUT` on CPU. Rank 0 writes the policy's `lm_head.weight` before training to
 `OUT/initial_lm_head.pt` and, to `OUT/run_info.json`, the distributed type (and ZeRO stage), the world size, every
-rank's checksum of the trained weights and the log history; `trainer.save_model(OUT)` writes the policy.
+rank's checksum of the trained weights (under ZeRO-3: of the partitions that rank holds) and the log history;
+`trainer.save_model(OUT)` writes the policy (with --lora: its adapter, and rank 0 also writes the base weights of
+`lm_head` and a LoRA-wrapped projection before and after training to `OUT/base_weights.pt`).
 """
 
 import argparse
@@ -30,6 +32,12 @@ from transformers import (
 from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
+# With --lora: weights of the base policy that must not change (q_proj is wrapped by LoRA, lm_head is not), by their
+# names in the bare model and in the PeftModel.
+BASE_WEIGHTS = {
+    "lm_head.weight": "base_model.model.lm_head.weight",
+    "model.layers.0.self_attn.q_proj.weight": "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+}
 
 
 def tiny_llama_config(tokenizer, **kwargs) -> LlamaConfig:
@@ -74,6 +82,9 @@ def main() -> None:
     )
     parser.add_argument("--resume_from", default=None, help="a checkpoint of an identical run to resume from")
     parser.add_argument("--no_ds3_gather", action="store_true", help="ZeRO-3: generate from sharded weights")
+    parser.add_argument(
+        "--lora", action="store_true", help="train a LoRA adapter on the policy; the reference is the policy without it"
+    )
     cli = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
@@ -112,6 +123,13 @@ def main() -> None:
     prompts = Dataset.from_dict({"input_ids": [tokenizer(f"Question {i}: hello?")["input_ids"] for i in range(16)]})
 
     partitioned_at_load = all(hasattr(p, "ds_id") for p in policy.parameters())
+    peft_config = None
+    if cli.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        ref_policy = None  # the trainer uses the policy with its adapter disabled
+        initial_base = {name: policy.state_dict()[name].clone() for name in BASE_WEIGHTS}
     trainer = RobustPPOTrainer(
         args=args,
         processing_class=tokenizer,
@@ -120,17 +138,29 @@ def main() -> None:
         reward_model=reward_model,
         train_dataset=prompts,
         value_model=value_model,
+        peft_config=peft_config,
     )
     if trainer.accelerator.is_main_process:
         os.makedirs(cli.output_dir, exist_ok=True)
         torch.save(initial, os.path.join(cli.output_dir, "initial_lm_head.pt"))
     trainer.train(resume_from_checkpoint=cli.resume_from)
     trainer.save_model(cli.output_dir)
-    # Replicas must agree after training (gradients synchronised); ZeRO-3 shards the weights, so skip it there.
+    # Replicas must agree after training (gradients synchronised). ZeRO-3 gives each rank its own partition of every
+    # parameter (`ds_tensor`), so there each rank sums its partitions: not comparable across ranks, but across runs with
+    # the same world size, which partition identically (the resume test).
     trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-    checksum = torch.tensor([0.0 if zero3 else float(sum(p.double().sum() for p in trained.parameters()))])
+    local = [p.ds_tensor if hasattr(p, "ds_tensor") else p for p in trained.parameters()]
+    checksum = torch.tensor([float(sum(t.detach().double().sum() for t in local))])
     checksums = trainer.accelerator.gather(checksum).tolist()
+    lora = [p for name, p in trained.named_parameters() if "lora_" in name]
+    # False under ZeRO-3 too when DeepSpeed keeps them whole on every rank (`ds_persist`: small parameters).
+    lora_partitioned = bool(lora) and all(hasattr(p, "ds_id") and not p.ds_persist for p in lora)
+    if cli.lora:
+        # Collective under DeepSpeed (ZeRO-3 gathers every partition); the full state dict lands on rank 0.
+        full = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.is_deepspeed_enabled else trained)
+        if trainer.accelerator.is_main_process:
+            final_base = {name: full[f"policy.{key}"].clone() for name, key in BASE_WEIGHTS.items()}
+            torch.save({"initial": initial_base, "final": final_base}, os.path.join(cli.output_dir, "base_weights.pt"))
 
     if trainer.accelerator.is_main_process:
         stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
@@ -142,6 +172,9 @@ def main() -> None:
             "batch_size": trainer.args.batch_size,
             "param_checksums": checksums,
             "partitioned_at_load": partitioned_at_load,
+            "peft": trainer.is_peft_model,
+            "ref_model_is_none": trainer.ref_model is None,
+            "lora_partitioned": lora_partitioned,
             "log_history": trainer.state.log_history,
         }
         with open(os.path.join(cli.output_dir, "run_info.json"), "w") as f:
