@@ -439,9 +439,11 @@ class PolicyAndValue(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(policy logits [B, R, V], values [B, R])` at the positions that predict the R response tokens;
         positions come from the mask (left padding)."""
-        logits = response_logits(self.policy, input_ids, attention_mask, context_length)
         # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
         values = token_values(self.value_model, input_ids, attention_mask)[:, context_length - 1 : -1]
+        # The policy runs second so that the backward, which starts from the latest operations, finishes the policy
+        # (whose tied embedding and LM head gradients are summed at the end) before the value model's gradients exist.
+        logits = response_logits(self.policy, input_ids, attention_mask, context_length)
         return logits, values
 
 
