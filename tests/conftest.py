@@ -1,5 +1,7 @@
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: one thread beats two, and CI cores are shared
 
+REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 SMOLLM2_DIR = ASSETS / "smollm2-135m"
 
@@ -17,6 +20,16 @@ SMOLLM2_DIR = ASSETS / "smollm2-135m"
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     return AutoTokenizer.from_pretrained(SMOLLM2_DIR)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls on 2 shared cores: a second OpenMP thread only spins, and costs 100x. For a module that may run
+    after one that raised the thread count: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +66,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def deepspeed_launcher(config_file) -> list[str]:
+    """The command line, up to the script, of a 2-process `accelerate launch` with the accelerate config `config_file`
+    (a DeepSpeed one, such as `config_path("cpu_zero3")`) on a free port; skips the test without DeepSpeed."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    return [*launch, "--num_processes", "2", "--main_process_port", str(free_port())]
+
+
+def run_launch(cmd: list[str], timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+    """Run a multi-process launch on CPU from the repository root: DeepSpeed's CPU accelerator, one thread per process,
+    offline, the repository importable, `env` on top. Fails the test with the tails of its output unless it exits 0."""
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **env,
+    }
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"launch exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
+            f"--- stderr (tail) ---\n{proc.stderr[-6000:]}"
+        )
+    return proc

@@ -7,38 +7,24 @@ generation), so "say great more often" is a reward a tiny policy learns in a few
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.conftest import free_port
+from tests.conftest import REPO, deepspeed_launcher, run_launch
+from tests.scripts import tiny_setup
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD, BAD = " great", " awful"
 PROMPTS = ["Review:", "My review:", "Verdict:", "Opinion:"]
 COMPLETION_TOKENS = 3
 
 
 def tiny_llama_config(tokenizer) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    """The scripts' tiny Llama (tests/scripts/tiny_setup.py) with 64 positions: prompts and completions are short."""
+    return tiny_setup.tiny_llama_config(tokenizer, max_position_embeddings=64)
 
 
 def tiny_policy(tokenizer, seed: int = 0) -> LlamaForCausalLM:
@@ -158,43 +144,12 @@ def run_deepspeed_script(trainer: str, tmp_path, brme_dir, policy_dir, stage: in
     """Two CPU processes under DeepSpeed ZeRO-2 or ZeRO-3 (tests/scripts/ds_robust_rl.py): the BRME is a DeepSpeed
     engine (with partitioned weights under ZeRO-3), the run logs the robust reward it optimised, and the saved policy is
     one consolidated safetensors file holding trained weights."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
     from trl_robust.accelerate_configs import config_path
 
-    port = free_port()
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        config_path(f"cpu_zero{stage}"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(port),
-        str(REPO / "tests" / "scripts" / "ds_robust_rl.py"),
-        "--trainer",
-        trainer,
-        "--policy",
-        str(policy_dir),
-        "--brme",
-        str(brme_dir),
-        "--output_dir",
-        str(out),
-    ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    script = REPO / "tests" / "scripts" / "ds_robust_rl.py"
+    args = ["--trainer", trainer, "--policy", str(policy_dir), "--brme", str(brme_dir), "--output_dir", str(out)]
+    run_launch([*deepspeed_launcher(config_path(f"cpu_zero{stage}")), str(script), *args])
     info = json.loads((out / "run_info.json").read_text())
     assert info["zero_stage"] == stage and info["world_size"] == 2
     assert info["brme_is_engine"] and info["brme_partitioned"] == (stage == 3)

@@ -4,31 +4,19 @@ package's own `cpu_zero*.yaml` configs (DS_ACCELERATOR=cpu, gloo). The first lau
 shared-memory op (~30 s, cached); afterwards each run takes ~20 s on 2 cores.
 """
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import free_port
+from tests.conftest import REPO, deepspeed_launcher, run_launch
+from tests.scripts.tiny_setup import TOKENIZER_DIR, tiny_llama_config
 from trl_robust import BRMERewardModel
 from trl_robust.accelerate_configs import available, config_path
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ds_train_brme.py"
 NUM_HEADS = 3
-
-
-def _script_module():
-    spec = importlib.util.spec_from_file_location("ds_train_brme", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_config_path_lists_shipped_configs():
@@ -52,11 +40,10 @@ def tiny_backbone_dir(tmp_path_factory):
     """A plain LlamaForCausalLM on disk, so the trainer gets a string and builds the BRME (`from_backbone`) itself."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    script = _script_module()
-    tokenizer = AutoTokenizer.from_pretrained(script.TOKENIZER_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(script.tiny_llama_config(tokenizer)).save_pretrained(path)
+    LlamaForCausalLM(tiny_llama_config(tokenizer)).save_pretrained(path)
     return path
 
 
@@ -67,42 +54,10 @@ def tiny_backbone_dir(tmp_path_factory):
     ids=["zero2-init", "zero2-path", "zero3-from_config", "zero3-path"],
 )
 def test_brme_trains_and_saves_under_deepspeed(stage, source, tiny_backbone_dir, tmp_path):
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
     out = tmp_path / "out"
     model_args = ["--model", str(tiny_backbone_dir)] if source == "path" else ["--build", source]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        config_path(f"cpu_zero{stage}"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        "--output_dir",
-        str(out),
-        "--num_heads",
-        str(NUM_HEADS),
-        *model_args,
-    ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"accelerate launch exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
-            f"--- stderr (tail) ---\n{proc.stderr[-6000:]}"
-        )
+    cmd = [*deepspeed_launcher(config_path(f"cpu_zero{stage}")), str(SCRIPT), "--output_dir", str(out)]
+    proc = run_launch([*cmd, "--num_heads", str(NUM_HEADS), *model_args])
 
     # from_backbone keeps the backbone's attention implementation (it used to fall back to eager with this warning).
     assert "`config._attn_implementation` set to `None`" not in proc.stderr

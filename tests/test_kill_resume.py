@@ -215,30 +215,17 @@ def test_robust_grpo_and_rloo_resume_from_their_last_complete_checkpoint_and_con
 
 
 def _deepspeed_run(output_dir: Path, *extra: str) -> None:
-    from tests.conftest import free_port
+    from tests.conftest import deepspeed_launcher, run_launch
     from trl_robust.accelerate_configs import config_path
 
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_path("cpu_zero2")]
-    cmd += ["--num_processes", "2", "--main_process_port", str(free_port())]
-    cmd += [str(SCRIPTS / "resume_brme.py"), "--deepspeed", "--output_dir", str(output_dir), *extra]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    script = [str(SCRIPTS / "resume_brme.py"), "--deepspeed", "--output_dir", str(output_dir), *extra]
+    run_launch([*deepspeed_launcher(config_path("cpu_zero2")), *script], timeout=600)
 
 
 @pytest.mark.slow
 def test_atomic_checkpoints_under_deepspeed_hold_every_ranks_shards_and_resume(tmp_path):
     """Two processes under ZeRO-2 each write their optimizer shard into the staging folder; the main one renames it only
     after both did, so every checkpoint-N holds both shards, and resuming from one ends like the uninterrupted run."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     _deepspeed_run(full)
     assert staging_dirs(str(full)) == []

@@ -19,14 +19,7 @@ from tests.robust_rl_helpers import (
 from trl_robust import BRMEConfig, BRMERewardModel, RobustGRPOConfig, RobustGRPOTrainer, rewards
 from trl_robust.tokenization import tokenize_for_reward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on 2 shared cores: a second OpenMP thread only spins, and costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ Each run takes ~10-15 s on 2 cores once DeepSpeed's shared-memory op is compiled
 launch). Resuming and LoRA under ZeRO-3 run with every parameter partitioned, as in real models.
 """
 
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,10 +15,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import free_port
+from tests.conftest import REPO, deepspeed_launcher, free_port, run_launch
+from tests.scripts.tiny_setup import TOKENIZER_DIR, build_models
 from trl_robust.accelerate_configs import config_path
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ds_train_ppo.py"
 
 
@@ -29,37 +26,12 @@ def _launch(stage: int | None, out: Path, *extra: str, config: Path | None = Non
     """Run the script on two CPU processes (DeepSpeed ZeRO-`stage` with the package's `cpu_zero<stage>` config or
     `config`, or DDP when `stage` is None); its run_info."""
     if stage is None:  # plain DDP over gloo
-        launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        launcher += ["--master_port", str(free_port())]
+        env = {"ACCELERATE_USE_CPU": "true"}  # else accelerate sees two unconnected processes (DistributedType.NO)
     else:
-        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'trl-robust[deepspeed]')")
-        launcher = [
-            "accelerate.commands.launch",
-            "--config_file",
-            str(config or config_path(f"cpu_zero{stage}")),
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            str(free_port()),
-        ]
-    cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--output_dir", str(out), *extra]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    if stage is None:
-        env["ACCELERATE_USE_CPU"] = "true"  # else accelerate sees two unconnected processes (DistributedType.NO)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"launch exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
-            f"--- stderr (tail) ---\n{proc.stderr[-6000:]}"
-        )
+        launcher, env = deepspeed_launcher(config or config_path(f"cpu_zero{stage}")), {}
+    run_launch([*launcher, str(SCRIPT), "--output_dir", str(out), *extra], **env)
     return json.loads((out / "run_info.json").read_text())
 
 
@@ -155,11 +127,8 @@ def test_zero3_with_models_loaded_after_the_config(tmp_path):
     """The usual ZeRO-3 script: `from_pretrained` after the config, so the models arrive already partitioned."""
     from transformers import AutoTokenizer
 
-    spec = importlib.util.spec_from_file_location("ds_train_ppo", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    tokenizer = AutoTokenizer.from_pretrained(script.TOKENIZER_DIR)
-    policy, _, value_model, reward_model = script.build_models(tokenizer, "brme")
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    policy, _, value_model, reward_model = build_models(tokenizer, "brme")
     for name, model in (("policy", policy), ("value", value_model), ("reward", reward_model)):
         model.save_pretrained(tmp_path / "models" / name)
 
@@ -203,10 +172,7 @@ def test_lora_policy_under_deepspeed_trains_its_adapter_against_the_adapter_free
 
     from transformers import AutoTokenizer
 
-    spec = importlib.util.spec_from_file_location("ds_train_ppo", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    policy = script.build_models(AutoTokenizer.from_pretrained(script.TOKENIZER_DIR), "seqcls")[0]
+    policy = build_models(AutoTokenizer.from_pretrained(TOKENIZER_DIR), "seqcls")[0]
     loaded = peft.PeftModel.from_pretrained(policy, out)
     state = peft.get_peft_model_state_dict(loaded)
     assert state.keys() == adapter.keys()

@@ -15,30 +15,13 @@ and heads were already partitioned before `deepspeed.initialize` (i.e. built und
 import argparse
 import json
 import os
-from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig
+from tiny_setup import TOKENIZER_DIR, tiny_llama_config
+from transformers import AutoTokenizer
 
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
-
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
-
-
-def tiny_llama_config(tokenizer) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
 
 
 def preference_data(num_pairs: int) -> Dataset:

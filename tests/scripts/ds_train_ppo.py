@@ -20,54 +20,17 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-)
+from tiny_setup import TOKENIZER_DIR, build_models
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
+from trl_robust import RobustPPOConfig, RobustPPOTrainer
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
 # With --lora: weights of the base policy that must not change (q_proj is wrapped by LoRA, lm_head is not), by their
 # names in the bare model and in the PeftModel.
 BASE_WEIGHTS = {
     "lm_head.weight": "base_model.model.lm_head.weight",
     "model.layers.0.self_attn.q_proj.weight": "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
 }
-
-
-def tiny_llama_config(tokenizer, **kwargs) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **kwargs,
-    )
-
-
-def build_models(tokenizer, reward: str) -> tuple:
-    """(policy, reference, value model, reward model), the same on every call (seeded)."""
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(tiny_llama_config(tokenizer))
-    ref_policy = LlamaForCausalLM(tiny_llama_config(tokenizer))
-    ref_policy.load_state_dict(policy.state_dict())
-    value_model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
-    if reward == "brme":
-        reward_model = BRMERewardModel(BRMEConfig(text_config=tiny_llama_config(tokenizer).to_dict(), num_heads=3))
-    else:
-        reward_model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
-    return policy, ref_policy, value_model, reward_model
 
 
 def main() -> None:

@@ -12,65 +12,28 @@ checkpoint in OUT, or from PATH. `--deepspeed`: launched under DeepSpeed on CPU 
 saved to OUT/final and the log history to OUT/log_history.json.
 """
 
-import argparse
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, TrainerCallback
+from tiny_setup import TOKENIZER_DIR, dies_in_save, pause_after_first_save, resume_parser, tiny_llama_config
+from transformers import AutoTokenizer
 
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
 MAX_STEPS, SAVE_STEPS = 8, 2
 
 
-class PauseAfterFirstSave(TrainerCallback):
-    def __init__(self, flag: Path):
-        self.flag = flag
-
-    def on_save(self, args, state, control, **kwargs):
-        if not self.flag.exists():
-            self.flag.write_text(str(state.global_step))
-            time.sleep(120)  # killed here
-
-
-class DiesInSave(BRMERewardTrainer):
-    """Killed (SIGKILL, no cleanup) half-way through writing the checkpoint of step `die_at`."""
-
-    die_at = None
-
-    def _save_rng_state(self, output_dir):
-        if self.state.global_step == self.die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        super()._save_rng_state(output_dir)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--pause_after_save")
-    parser.add_argument("--die_in_save", type=int)
+    parser = resume_parser()
     parser.add_argument("--resume", nargs="?", const=True, default=None)
     parser.add_argument("--deepspeed", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(1)
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text = tiny_llama_config(tokenizer, max_position_embeddings=2048)  # LlamaConfig's default
     torch.manual_seed(0)
     model = BRMERewardModel(BRMEConfig(text_config=text.to_dict(), num_heads=3))
     subjects = ["the food", "the film", "this book", "the hotel"]
@@ -93,9 +56,8 @@ def main() -> None:
         ddp_backend="gloo" if cli.deepspeed else None,
         seed=0,
     )
-    callbacks = [PauseAfterFirstSave(Path(cli.pause_after_save))] if cli.pause_after_save else None
-    DiesInSave.die_at = cli.die_in_save
-    trainer = DiesInSave(
+    callbacks = pause_after_first_save(cli.pause_after_save)
+    trainer = dies_in_save(BRMERewardTrainer, cli.die_in_save)(
         model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks
     )
     trainer.train(resume_from_checkpoint=cli.resume)

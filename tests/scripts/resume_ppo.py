@@ -11,66 +11,28 @@ the last checkpoint in OUT. At the end the policy and value weights go to OUT/fi
 OUT/log_history.json.
 """
 
-import argparse
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
+from tiny_setup import TOKENIZER_DIR, dies_in_save, pause_after_first_save, resume_parser, tiny_llama_config
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m"
 UPDATES, SAVE_STEPS = 6, 2
 
 
-class PauseAfterFirstSave(TrainerCallback):
-    def __init__(self, flag: Path):
-        self.flag = flag
-
-    def on_save(self, args, state, control, **kwargs):
-        if not self.flag.exists():
-            self.flag.write_text(str(state.global_step))
-            time.sleep(120)  # killed here
-
-
-class DiesInSave(RobustPPOTrainer):
-    """Killed (SIGKILL, no cleanup) half-way through writing the checkpoint of update `die_at`."""
-
-    die_at = None
-
-    def _save_rng_state(self, output_dir):
-        if self.state.global_step == self.die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        super()._save_rng_state(output_dir)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--pause_after_save")
-    parser.add_argument("--die_in_save", type=int)
+    parser = resume_parser()
     parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(1)
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_llama_config(tokenizer, max_position_embeddings=64)
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
     reward = BRMERewardModel(BRMEConfig(text_config=config.to_dict(), num_heads=3))
@@ -93,9 +55,10 @@ def main() -> None:
         use_cpu=True,
         seed=0,
     )
-    callbacks = [PauseAfterFirstSave(Path(cli.pause_after_save))] if cli.pause_after_save else None
-    DiesInSave.die_at = cli.die_in_save
-    trainer = DiesInSave(args, tokenizer, policy, None, reward, prompts, value, callbacks=callbacks)
+    callbacks = pause_after_first_save(cli.pause_after_save)
+    trainer = dies_in_save(RobustPPOTrainer, cli.die_in_save)(
+        args, tokenizer, policy, None, reward, prompts, value, callbacks=callbacks
+    )
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
     weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}  # policy and value
     save_file(weights, str(Path(cli.output_dir) / "final.safetensors"))
