@@ -50,12 +50,8 @@ RM). The exit code is 0 whatever the ratios are; it is 1 only when an arm crashe
 import argparse
 import copy
 import gc
-import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +59,9 @@ import types
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-ASSET_CANDIDATES = [REPO / "tests" / "assets" / "smollm2-135m", REPO / ".gpu" / "assets" / "smollm2-135m"]
+import harness
+from harness import FIRST_TOKEN_ID, REPO, fmt_mem
+
 ARMS = ["trl112", "single", "brme"]
 ARM_TITLES = {
     "trl112": "TRL 1.12 PPOTrainer (1-head RM)",
@@ -86,7 +83,6 @@ PHASES = [
 TARGET_THROUGHPUT = 2.0  # our episodes/s >= 2 x TRL 1.12's
 TARGET_MEMORY = 1.0  # our peak memory <= TRL 1.12's
 TARGET_BRME_COST = 1.03  # BRME K=5 time per episode <= 1.03 x the single-head RM's
-FIRST_TOKEN_ID = 20  # random tokens avoid the special tokens at the start of the vocabulary
 
 
 def parse_args(argv=None):
@@ -108,19 +104,10 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="bf16 weights (as TRL's GPU reference figure)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on the policy and value model of every arm")
     p.add_argument("--trl112-path", default="/tmp/trl112", help="folder where TRL 1.12 is installed (pip --target)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores on cpu)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--asset", default=None, help="tokenizer folder (default: tests/assets/smollm2-135m)")
-    p.add_argument("--json-out", default=None, help="write every run and the summary to this JSON file")
-    p.add_argument("--arm", choices=ARMS, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    harness.add_run_options(p, ARMS, threads_help="torch CPU threads (default: all cores on cpu)")
     args = p.parse_args(argv)
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu = args.device == "cuda"
+    gpu = harness.resolve_device(args)
     args.prompt_len = args.prompt_len or (64 if gpu else 16)
     args.response_len = args.response_len or (64 if gpu else 16)
     args.episodes_per_update = args.episodes_per_update or (64 if gpu else 8)
@@ -140,28 +127,13 @@ def parse_args(argv=None):
         p.error(f"--arms must be a subset of {ARMS}")
     if args.num_heads < 1 or args.repeats < 1:
         p.error("--num-heads and --repeats must be >= 1")
-    if args.threads is None and not gpu:
-        args.threads = os.cpu_count()
-    if args.asset is None:
-        found = [a for a in ASSET_CANDIDATES if (a / "tokenizer.json").exists()]
-        if not found:
-            p.error(f"no tokenizer found in {[str(a) for a in ASSET_CANDIDATES]}; pass --asset")
-        args.asset = str(found[0])
+    harness.resolve_threads_and_asset(p, args)
     return args
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # One arm, in its own process
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def load_tokenizer(asset: str):
@@ -179,25 +151,13 @@ def load_tokenizer(asset: str):
 def text_config(shape: str, tok, asset: str):
     from transformers import LlamaConfig
 
-    special = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if shape == "tiny":
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            **special,
-        )
+        cfg = harness.tiny_llama_config(tok)
     elif shape == "smol":  # the real SmolLM2-135M config, random weights, vocabulary + the added pad token
         cfg = LlamaConfig.from_json_file(str(Path(asset) / "config.json"))
         cfg.dtype = None  # the file says bfloat16; --bf16 decides here
         cfg.vocab_size = len(tok)
-        for key, value in special.items():
+        for key, value in harness.special_token_ids(tok).items():
             setattr(cfg, key, value)
     else:
         raise ValueError(shape)
@@ -340,22 +300,15 @@ def phase_breakdown(arm: str, timer: PhaseTimer, total_wall: float, total_cpu: f
 
 
 def run_arm(args) -> dict:
-    if args.threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    if args.device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     warnings.filterwarnings("ignore")
+    harness.setup_arm_process(args)
     import datasets
     import torch
     import transformers
     import trl
     from transformers import PrinterCallback, TrainerCallback
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
     gpu = args.device == "cuda"
     if args.arm == "trl112" and not trl.__version__.startswith("1.12"):
         raise RuntimeError(f"the trl112 arm imported trl {trl.__version__} from {trl.__file__}; check --trl112-path")
@@ -367,10 +320,7 @@ def run_arm(args) -> dict:
     high = min(len(tok), cfg.vocab_size) - 1  # the added pad token is the last id
     prompts = torch.randint(FIRST_TOKEN_ID, high, (E * U, args.prompt_len), generator=g).tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": prompts})
-    gc.collect()
-    rss_before = current_rss_bytes()
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    rss_before = harness.start_memory(gpu)
 
     (policy, ref, value, reward), checksum, attn = build_models(args.arm, cfg, args)
     timer = PhaseTimer(gpu)
@@ -416,29 +366,21 @@ def run_arm(args) -> dict:
     if args.arm == "trl112":
         from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-        trainer = PPOTrainer(
-            args=PPOConfig(**common),
-            processing_class=tok,
-            model=policy,
-            ref_model=ref,
-            reward_model=reward,
-            train_dataset=dataset,
-            value_model=value,
-        )
-        instrument_trl112(trainer, timer)
+        config_class, trainer_class, instrument = PPOConfig, PPOTrainer, instrument_trl112
     else:
         from trl_robust import RobustPPOConfig, RobustPPOTrainer
 
-        trainer = RobustPPOTrainer(
-            args=RobustPPOConfig(**common),
-            processing_class=tok,
-            model=policy,
-            ref_model=ref,
-            reward_model=reward,
-            train_dataset=dataset,
-            value_model=value,
-        )
-        instrument_robust(trainer, timer)
+        config_class, trainer_class, instrument = RobustPPOConfig, RobustPPOTrainer, instrument_robust
+    trainer = trainer_class(
+        args=config_class(**common),
+        processing_class=tok,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        train_dataset=dataset,
+        value_model=value,
+    )
+    instrument(trainer, timer)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(clock)
     del policy, ref, value, reward
@@ -460,7 +402,7 @@ def run_arm(args) -> dict:
         "n_params_reward": sum(p.numel() for p in trainer.reward_model.parameters()),
         "weights_checksum": checksum,
         "attn_implementation": attn,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": harness.peak_rss_bytes(),
         "rss_before_model_bytes": rss_before,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -471,12 +413,7 @@ def run_arm(args) -> dict:
         import trl_robust
 
         result["trl_robust"] = trl_robust.__version__
-    if gpu:
-        result["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
-        result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
-        result["device_name"] = torch.cuda.get_device_name()
-    else:
-        result["peak_mem_bytes"] = result["peak_rss_bytes"] - rss_before
+    harness.add_peak_memory(result, gpu, rss_before)
     return result
 
 
@@ -486,8 +423,7 @@ def run_arm(args) -> dict:
 
 
 def child_argv(args, arm: str, result_file: str) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--result-file", result_file]
-    for flag, value in [
+    values = [
         ("--shape", args.shape),
         ("--prompt-len", args.prompt_len),
         ("--response-len", args.response_len),
@@ -499,38 +435,8 @@ def child_argv(args, arm: str, result_file: str) -> list[str]:
         ("--updates", args.updates),
         ("--warmup-updates", args.warmup_updates),
         ("--num-heads", args.num_heads),
-        ("--device", args.device),
-        ("--seed", args.seed),
-        ("--asset", args.asset),
-    ]:
-        argv += [flag, str(value)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    argv += ["--bf16"] if args.bf16 else []
-    argv += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
-    return argv
-
-
-def child_env(args, arm: str) -> dict:
-    path = [str(REPO)] if arm != "trl112" else [args.trl112_path]  # TRL 1.12 shadows the installed TRL
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [*path, os.environ.get("PYTHONPATH")])))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    return env
-
-
-def machine_info(args) -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "device": args.device}
-
-
-def fmt_mem(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+    ]
+    return harness.child_argv(__file__, args, arm, result_file, values)
 
 
 THROUGHPUTS = {  # summary key -> (column title, ratio column title)
@@ -541,11 +447,8 @@ THROUGHPUTS = {  # summary key -> (column title, ratio column title)
 
 
 def summarize(args, results: list[dict]) -> dict:
-    by_arm = {}
-    for r in results:
-        by_arm.setdefault(r["arm"], []).append(r)
     summary = {}
-    for arm, rs in by_arm.items():
+    for arm, rs in harness.runs_by_arm(results).items():
         phases = {}
         for key in ("wall", "cpu"):
             names = [n for n in PHASES if any(n in r["phases"][key] for r in rs)]
@@ -658,56 +561,18 @@ def print_table(args, summary: dict, device_name: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.arm is not None:
-        result = run_arm(args)
-        with open(args.result_file, "w") as f:
-            json.dump(result, f)
-        return 0
-
-    arms = args.arm_list
-    schedule = [(r, arm) for r in range(args.repeats) for arm in (arms if r % 2 == 0 else arms[::-1])]
-    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
-    print(f"machine: {machine_info(args)}; torch threads per arm: {args.threads or 'default'}")
-    print(f"schedule ({len(schedule)} runs, each in a fresh subprocess): {', '.join(a for _, a in schedule)}")
-    results, failures = [], []
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (rep, arm) in enumerate(schedule):
-            print(f"[{i + 1}/{len(schedule)}] arm={arm} repeat={rep + 1}/{args.repeats} ...", flush=True)
-            t0 = time.perf_counter()
-            path = os.path.join(tmp, f"{i}.json")
-            proc = subprocess.run(child_argv(args, arm, path), env=child_env(args, arm))
-            if proc.returncode != 0 or not os.path.exists(path):
-                failures.append(arm)
-                print(f"[{i + 1}/{len(schedule)}] arm={arm} FAILED (exit code {proc.returncode})", flush=True)
-                continue
-            with open(path) as f:
-                r = json.load(f)
-            r["repeat"] = rep
-            results.append(r)
-            print(
-                f"[{i + 1}/{len(schedule)}] arm={arm}: {r['episodes_per_s']:.3f} episodes/s, "
-                f"{r['episodes_per_cpu_s']:.3f} episodes/CPU-s, peak {fmt_mem(r['peak_mem_bytes'])} "
-                f"({time.perf_counter() - t0:.0f} s wall)",
-                flush=True,
-            )
-    if len({r["weights_checksum"] for r in results}) > 1:
-        print(f"WARNING: the arms' weights differ (checksums {sorted({r['weights_checksum'] for r in results})})")
-    if len({r["attn_implementation"] for r in results}) > 1:
-        print("WARNING: the arms run different attention implementations; the comparison is not like for like")
-    summary = summarize(args, results)
-    device_name = results[0].get("device_name", machine_info(args)["cpu"]) if results else args.device
-    print(f"total wall time: {time.perf_counter() - start:.0f} s")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(
-                {"args": vars(args), "machine": machine_info(args), "runs": results, "summary": summary}, f, indent=2
-            )
-        print(f"wrote {args.json_out}")
-    if failures:
-        print(f"arms that crashed: {failures}")
-    print_table(args, summary, device_name)
-    return 1 if failures else 0
+    return harness.main(
+        args,
+        run_arm,
+        arms=args.arm_list,
+        argv_for=lambda arm, result_file: child_argv(args, arm, result_file),
+        # TRL 1.12 shadows the installed TRL
+        env_for=lambda arm: harness.child_env(args, str(REPO) if arm != "trl112" else args.trl112_path),
+        rate=lambda r: f"{r['episodes_per_s']:.3f} episodes/s, {r['episodes_per_cpu_s']:.3f} episodes/CPU-s",
+        checksum=("weights_checksum", "weights"),
+        summarize=summarize,
+        print_table=print_table,
+    )
 
 
 if __name__ == "__main__":

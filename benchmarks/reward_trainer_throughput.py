@@ -31,20 +31,16 @@ benchmark, not a test); it is 1 only when an arm crashed.
 import argparse
 import copy
 import gc
-import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-ASSET_CANDIDATES = [REPO / "tests" / "assets" / "smollm2-135m", REPO / ".gpu" / "assets" / "smollm2-135m"]
+import harness
+from harness import FIRST_TOKEN_ID, REPO, fmt_mem
+
 ARM_TITLES = {
     "trl": "TRL RewardTrainer (1 head)",
     "brme": "BRMERewardTrainer (K={k})",
@@ -52,7 +48,6 @@ ARM_TITLES = {
 }
 TARGET_THROUGHPUT = 0.97  # BRME pairs/s >= 0.97 x TRL pairs/s
 TARGET_MEMORY = 1.03  # BRME peak memory <= 1.03 x TRL peak memory
-FIRST_TOKEN_ID = 20  # random tokens avoid the special tokens at the start of the vocabulary
 
 
 def parse_args(argv=None):
@@ -71,24 +66,14 @@ def parse_args(argv=None):
     p.add_argument("--separate", choices=["derived", "measured", "skip"], default="derived", help="see module doc")
     p.add_argument("--brme-loss", default="gaussian_bt", help="BRMERewardConfig.brme_loss")
     p.add_argument("--bootstrap", default="bayesian", help="BRMERewardConfig.bootstrap")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: all cores on cpu; 1 is steadier on a shared machine)",
+    harness.add_run_options(
+        p,
+        ["trl", "brme", "separate"],
+        threads_help="torch CPU threads (default: all cores on cpu; 1 is steadier on a shared machine)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--asset", default=None, help="tokenizer folder (default: tests/assets/smollm2-135m)")
-    p.add_argument("--json-out", default=None, help="write every run and the summary to this JSON file")
-    p.add_argument("--arm", choices=["trl", "brme", "separate"], default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu = args.device == "cuda"
+    gpu = harness.resolve_device(args)
     args.seq_len = args.seq_len or (512 if gpu else 128)
     args.pairs_per_step = args.pairs_per_step or (16 if gpu else 4)
     args.steps = args.steps or (40 if gpu else 8)
@@ -98,13 +83,7 @@ def parse_args(argv=None):
         p.error(f"--warmup-steps must be in [1, steps), got {args.warmup_steps} with --steps {args.steps}")
     if args.num_heads < 1 or args.repeats < 1:
         p.error("--num-heads and --repeats must be >= 1")
-    if args.threads is None and not gpu:
-        args.threads = os.cpu_count()
-    if args.asset is None:
-        found = [a for a in ASSET_CANDIDATES if (a / "tokenizer.json").exists()]
-        if not found:
-            p.error(f"no tokenizer found in {[str(a) for a in ASSET_CANDIDATES]}; pass --asset")
-        args.asset = str(found[0])
+    harness.resolve_threads_and_asset(p, args)
     return args
 
 
@@ -113,32 +92,11 @@ def parse_args(argv=None):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def text_config(shape: str, tok, asset: str):
     from transformers import LlamaConfig, Qwen2Config
 
-    special = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if shape == "tiny":
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            **special,
-        )
+        cfg = harness.tiny_llama_config(tok)
     elif shape == "smol":  # the real SmolLM2-135M config, random weights
         cfg = LlamaConfig.from_json_file(str(Path(asset) / "config.json"))
         cfg.dtype = None  # the file says bfloat16; --bf16 decides here
@@ -155,7 +113,7 @@ def text_config(shape: str, tok, asset: str):
             rms_norm_eps=1e-6,
             tie_word_embeddings=True,
             use_sliding_window=False,
-            **special,
+            **harness.special_token_ids(tok),
         )
     else:
         raise ValueError(shape)
@@ -256,11 +214,8 @@ def train_once(arm, model, tok, dataset, args, seed, out_dir, label):
 
 
 def run_arm(args) -> dict:
-    if args.threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    if args.device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # quiets DeepSpeed's accelerator probe, imported via accelerate
     warnings.filterwarnings("ignore", category=FutureWarning)  # `gradient_checkpointing` renamed in transformers 5
+    harness.setup_arm_process(args)
     import datasets
     import torch
     import transformers
@@ -269,10 +224,6 @@ def run_arm(args) -> dict:
 
     import trl_robust
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
     gpu = args.device == "cuda"
 
     tok = AutoTokenizer.from_pretrained(args.asset)
@@ -286,10 +237,7 @@ def run_arm(args) -> dict:
             "rejected_ids": torch.randint(FIRST_TOKEN_ID, high, (n, args.seq_len), generator=g).tolist(),
         }
     )
-    gc.collect()
-    rss_before = current_rss_bytes()
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    rss_before = harness.start_memory(gpu)
 
     runs = []
     checksums = []
@@ -327,7 +275,7 @@ def run_arm(args) -> dict:
         "backbone_checksum": checksums[0],
         "attn_implementation": attn,
         "last_loss": [r["last_loss"] for r in runs],
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": harness.peak_rss_bytes(),
         "rss_before_model_bytes": rss_before,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -335,12 +283,7 @@ def run_arm(args) -> dict:
         "trl_robust": trl_robust.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    if gpu:
-        result["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
-        result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
-        result["device_name"] = torch.cuda.get_device_name()
-    else:
-        result["peak_mem_bytes"] = result["peak_rss_bytes"] - rss_before
+    harness.add_peak_memory(result, gpu, rss_before)
     return result
 
 
@@ -350,41 +293,18 @@ def run_arm(args) -> dict:
 
 
 def child_argv(args, arm: str, result_file: str) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--result-file", result_file]
-    for flag, value in [
+    values = [
         ("--shape", args.shape),
         ("--seq-len", args.seq_len),
         ("--pairs-per-step", args.pairs_per_step),
         ("--steps", args.steps),
         ("--warmup-steps", args.warmup_steps),
         ("--num-heads", args.num_heads),
-        ("--device", args.device),
         ("--logging-steps", args.logging_steps),
         ("--brme-loss", args.brme_loss),
         ("--bootstrap", args.bootstrap),
-        ("--seed", args.seed),
-        ("--asset", args.asset),
-    ]:
-        argv += [flag, str(value)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    argv += ["--bf16"] if args.bf16 else []
-    argv += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
-    return argv
-
-
-def machine_info(args) -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "device": args.device}
-
-
-def fmt_mem(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+    ]
+    return harness.child_argv(__file__, args, arm, result_file, values)
 
 
 THROUGHPUTS = {  # summary key -> (column title, ratio column title)
@@ -395,11 +315,8 @@ THROUGHPUTS = {  # summary key -> (column title, ratio column title)
 
 
 def summarize(args, results: list[dict]) -> dict:
-    by_arm = {}
-    for r in results:
-        by_arm.setdefault(r["arm"], []).append(r)
     summary = {}
-    for arm, rs in by_arm.items():
+    for arm, rs in harness.runs_by_arm(results).items():
         summary[arm] = {
             "pairs_per_s": statistics.mean(r["pairs_per_s"] for r in rs),
             "pairs_per_s_runs": [r["pairs_per_s"] for r in rs],
@@ -495,59 +412,17 @@ def print_table(args, summary: dict, device_name: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.arm is not None:
-        result = run_arm(args)
-        with open(args.result_file, "w") as f:
-            json.dump(result, f)
-        return 0
-
-    arms = ["trl", "brme"] + (["separate"] if args.separate == "measured" else [])
-    schedule = [(r, arm) for r in range(args.repeats) for arm in (arms if r % 2 == 0 else arms[::-1])]
-    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
-    print(f"machine: {machine_info(args)}; torch threads per arm: {args.threads or 'default'}")
-    print(f"schedule ({len(schedule)} runs, each in a fresh subprocess): {', '.join(a for _, a in schedule)}")
-    results, failures = [], []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (rep, arm) in enumerate(schedule):
-            print(f"[{i + 1}/{len(schedule)}] arm={arm} repeat={rep + 1}/{args.repeats} ...", flush=True)
-            t0 = time.perf_counter()
-            path = os.path.join(tmp, f"{i}.json")
-            proc = subprocess.run(child_argv(args, arm, path), env=env)
-            if proc.returncode != 0 or not os.path.exists(path):
-                failures.append(arm)
-                print(f"[{i + 1}/{len(schedule)}] arm={arm} FAILED (exit code {proc.returncode})", flush=True)
-                continue
-            with open(path) as f:
-                r = json.load(f)
-            r["repeat"] = rep
-            results.append(r)
-            print(
-                f"[{i + 1}/{len(schedule)}] arm={arm}: {r['pairs_per_s']:.3f} pairs/s, peak "
-                f"{fmt_mem(r['peak_mem_bytes'])} ({time.perf_counter() - t0:.0f} s wall)",
-                flush=True,
-            )
-    checksums = {r["backbone_checksum"] for r in results}
-    if len(checksums) > 1:
-        print(f"WARNING: the arms' backbone weights differ (checksums {sorted(checksums)})")
-    if len({r["attn_implementation"] for r in results}) > 1:
-        print("WARNING: the arms run different attention implementations; the comparison is not like for like")
-    summary = summarize(args, results)
-    device_name = results[0].get("device_name", machine_info(args)["cpu"]) if results else args.device
-    print(f"total wall time: {time.perf_counter() - start:.0f} s")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(
-                {"args": vars(args), "machine": machine_info(args), "runs": results, "summary": summary}, f, indent=2
-            )
-        print(f"wrote {args.json_out}")
-    if failures:
-        print(f"arms that crashed: {failures}")
-    print_table(args, summary, device_name)
-    return 1 if failures else 0
+    return harness.main(
+        args,
+        run_arm,
+        arms=["trl", "brme"] + (["separate"] if args.separate == "measured" else []),
+        argv_for=lambda arm, result_file: child_argv(args, arm, result_file),
+        env_for=lambda arm: harness.child_env(args, str(REPO)),
+        rate=lambda r: f"{r['pairs_per_s']:.3f} pairs/s",
+        checksum=("backbone_checksum", "backbone weights"),
+        summarize=summarize,
+        print_table=print_table,
+    )
 
 
 if __name__ == "__main__":
