@@ -190,14 +190,6 @@ def test_python_function_gold_by_dotted_name(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_thread):
     policy_dir = save_policy(tmp_path / "policy", smol_tokenizer)
     config = OverOptimizationConfig(

@@ -5,14 +5,7 @@ from datasets import Dataset
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer, BRMEScorer, rewards
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on 2 shared cores: a second OpenMP thread only spins, and costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair_rows(n: int = 8, conversational: bool = False) -> list[dict]:
