@@ -9,7 +9,8 @@ from trl import RewardConfig, RewardTrainer
 
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
-from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses, expected_calibration_error
+from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses
+from trl_robust.metrics import expected_calibration_error
 
 
 def tiny_brme(tokenizer, kind="llama", num_heads=3):

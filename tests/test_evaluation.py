@@ -8,7 +8,8 @@ from transformers import LlamaForSequenceClassification
 
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardModel, cli
-from trl_robust.evaluation import auroc, evaluate_reward_model, preference_metrics, reliability_bins
+from trl_robust.evaluation import evaluate_reward_model, preference_metrics
+from trl_robust.metrics import auroc, reliability_bins
 
 
 def test_auroc_by_hand():

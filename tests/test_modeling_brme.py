@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForCausalLM
 
 from tests.conftest import tiny_text_config
-from trl_robust import BRMEConfig, BRMERewardModel, rewards
+from trl_robust import BRMEConfig, BRMERewardModel
+from trl_robust import aggregation as agg
 
 
 def make_model(kind="llama", vocab=128, **kwargs):
@@ -134,12 +135,12 @@ positive = st.floats(0.125, 20.0, allow_nan=False, width=32)
 )
 def test_robust_reward_properties(heads, lam):
     means, stds = torch.tensor([heads[0]]), torch.tensor([heads[1]])
-    worst, nominal = rewards.worst(means), rewards.nominal(means, stds)
-    mixed = rewards.robust(means, stds, lam)
+    worst, nominal = agg.worst(means), agg.nominal(means, stds)
+    mixed = agg.robust(means, stds, lam)
     assert worst <= nominal  # the worst case never exceeds any head
     assert worst - 1e-4 <= mixed <= nominal + 1e-4  # the mix lies between its two terms
-    torch.testing.assert_close(rewards.robust(means, stds, 1.0), nominal)
-    torch.testing.assert_close(rewards.robust(means, stds, 0.0), worst)
+    torch.testing.assert_close(agg.robust(means, stds, 1.0), nominal)
+    torch.testing.assert_close(agg.robust(means, stds, 0.0), worst)
     assert nominal == means[0, int(torch.tensor(heads[1]).argmin())]
 
 

@@ -9,6 +9,7 @@ from transformers import LlamaForCausalLM
 
 from tests.robust_rl_helpers import save_policy, tiny_llama_config, train_great_brme
 from trl_robust import BRMERewardModel
+from trl_robust.aggregation import Aggregation
 from trl_robust.gold_scorers import RewardModelGold, VaderGold, load_gold_scorer
 from trl_robust.overoptimization import (
     best_of_n_kl,
@@ -21,7 +22,7 @@ from trl_robust.overoptimization import (
     summary_markdown,
     write_report,
 )
-from trl_robust.overoptimization_config import OverOptimizationConfig, parse_setting
+from trl_robust.overoptimization_config import OverOptimizationConfig
 from trl_robust.tokenization import tokenize_for_reward
 
 
@@ -42,15 +43,15 @@ def test_best_of_n_kl_formula():
 
 
 def test_parse_setting_and_bad_settings():
-    assert parse_setting("robust:0.2") == ("robust", {"robust_lambda": 0.2})
-    assert parse_setting("uwo:2") == ("uwo", {"uwo_coef": 2.0})
-    assert parse_setting("worst") == ("worst", {})
+    assert Aggregation.from_setting("robust:0.2") == Aggregation("robust", robust_lambda=0.2)
+    assert Aggregation.from_setting("uwo:2") == Aggregation("uwo", uwo_coef=2.0)
+    assert Aggregation.from_setting("worst") == Aggregation("worst")
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
-        parse_setting("median")
+        OverOptimizationConfig(settings=["mean", "median"])
     with pytest.raises(ValueError, match="'mean' takes no parameter"):
-        parse_setting("mean:0.3")
+        Aggregation.from_setting("mean:0.3")
     with pytest.raises(ValueError, match="'x' is not a number"):
-        parse_setting("robust:x")
+        Aggregation.from_setting("robust:x")
     with pytest.raises(ValueError, match="label_noise must be in"):
         OverOptimizationConfig(label_noise=0.7)
     with pytest.raises(ValueError, match="methods"):

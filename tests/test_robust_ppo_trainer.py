@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenc
 
 from tests.conftest import tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, robust_ppo_trainer
-from trl_robust.robust_ppo_trainer import left_pad, position_ids_from_mask, response_logits
+from trl_robust.robust_ppo_trainer import position_ids_from_mask, response_logits
+from trl_robust.tokenization import pad_batch
 
 CANDIDATES = [100, 101, 102, 103]
 TARGET = 100
@@ -352,7 +353,7 @@ def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenize
     )
     eos = smol_tokenizer.eos_token_id
     rows = [[5, 6, TARGET, TARGET, eos], [7, TARGET, eos], [TARGET, 8, 9, 10, 11, 12]]
-    ids, mask = left_pad(rows, eos)  # pad == eos: padding and the final EOS look alike
+    ids, mask = pad_batch(rows, eos, "left")  # pad == eos: padding and the final EOS look alike
     padded = trainer.score(ids, mask)["scores"]
     for row, score in zip(rows, padded, strict=True):
         alone = trainer.score(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long))["scores"][0]
@@ -395,7 +396,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
 
 def test_response_logits_are_the_full_forward_at_the_response_positions(smol_tokenizer):
     policy = make_policy(smol_tokenizer).eval()
-    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]], 0)
+    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10]], 0, "left")
     ids = torch.cat([ids, torch.tensor([[100, 101, 102], [103, 100, 101]])], 1)
     mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], 1)
     with torch.no_grad():
@@ -600,7 +601,7 @@ def test_a_reward_model_with_another_tokenizer_scores_re_tokenised_text(tmp_path
     prompts, responses = ["hello world", "the film"], [" was great", " was awful and long"]
     query = [smol_tokenizer(p)["input_ids"] for p in prompts]
     reply = [smol_tokenizer(r)["input_ids"] + [smol_tokenizer.eos_token_id] for r in responses]
-    queries, query_mask = left_pad(query, smol_tokenizer.pad_token_id)
+    queries, query_mask = pad_batch(query, smol_tokenizer.pad_token_id, "left")
     width = max(map(len, reply))
     replies = torch.tensor([r + [smol_tokenizer.pad_token_id] * (width - len(r)) for r in reply])
     reply_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in reply])

@@ -3,7 +3,8 @@ import torch
 from datasets import Dataset
 
 from tests.conftest import preference_rows, tiny_text_config
-from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer, BRMEScorer, rewards
+from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer, BRMEScorer
+from trl_robust import aggregation as agg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +81,8 @@ def test_trl_rl_tokenisation_differs_from_training(trained, smol_tokenizer):
 
 
 @pytest.mark.parametrize(
-    "name, params", [("nominal", {}), ("worst", {}), ("mean", {}), ("uwo", {"c": 2.0}), ("kl_dro", {"beta": 0.3})]
+    "name, params",
+    [("nominal", {}), ("worst", {}), ("mean", {}), ("uwo", {"uwo_coef": 2.0}), ("kl_dro", {"kl_dro_beta": 0.3})],
 )
 def test_aggregation_and_batching(trained, smol_tokenizer, name, params):
     trainer, rows = trained
@@ -89,7 +91,7 @@ def test_aggregation_and_batching(trained, smol_tokenizer, name, params):
     k = trainer.model.config.num_heads
     assert scores.means.shape == scores.stds.shape == (len(rows), k) and scores.rewards.shape == (len(rows),)
     assert bool((scores.stds > 0).all())
-    torch.testing.assert_close(scores.rewards, rewards.aggregate(name, scores.means, scores.stds, **params))
+    torch.testing.assert_close(scores.rewards, agg.aggregate(name, scores.means, scores.stds, **params))
     assert scores.rewards.device == scorer.device == next(trainer.model.parameters()).device
 
 
@@ -97,8 +99,8 @@ def test_bad_arguments(smol_tokenizer):
     model = BRMERewardModel(BRMEConfig(text_config=tiny_text_config("llama", len(smol_tokenizer)), num_heads=2))
     with pytest.raises(ValueError, match="allowed"):
         BRMEScorer(model, smol_tokenizer, aggregation="median")
-    with pytest.raises(ValueError, match="beta"):
-        BRMEScorer(model, smol_tokenizer, aggregation="kl_dro", beta=0.0)
+    with pytest.raises(ValueError, match="kl_dro_beta"):
+        BRMEScorer(model, smol_tokenizer, aggregation="kl_dro", kl_dro_beta=0.0)
     with pytest.raises(ValueError, match="batch_size"):
         BRMEScorer(model, smol_tokenizer, batch_size=0)
     with pytest.raises(ValueError, match="one of each per pair"):

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
+from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 from .config_utils import resolve_bf16
 
 BRME_LOSSES = ("gaussian_bt", "reparam", "bt")
@@ -31,7 +32,7 @@ class BRMERewardConfig(RewardConfig):
         metadata={"help": "Number of Gaussian reward heads K, used when the trainer builds a new BRME."},
     )
     robust_lambda: float = field(
-        default=0.4,
+        default=DEFAULT_ROBUST_LAMBDA,
         metadata={
             "help": "Weight of the nominal reward (mean of the most confident head) in the robust reward "
             "lambda * nominal + (1 - lambda) * worst, used when the trainer builds a new BRME."
@@ -81,8 +82,7 @@ class BRMERewardConfig(RewardConfig):
             raise ValueError(f"BRMERewardConfig.bootstrap must be one of {BOOTSTRAPS}, got {self.bootstrap!r}.")
         if self.num_heads < 1:
             raise ValueError(f"BRMERewardConfig.num_heads must be >= 1, got {self.num_heads!r}.")
-        if not 0.0 <= self.robust_lambda <= 1.0:
-            raise ValueError(f"BRMERewardConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        check_robust_lambda(self.robust_lambda, "BRMERewardConfig.robust_lambda")
         if self.num_reparam_samples < 1:
             raise ValueError(f"BRMERewardConfig.num_reparam_samples must be >= 1, got {self.num_reparam_samples!r}.")
         if self.calibration_bins < 1:

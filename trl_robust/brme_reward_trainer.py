@@ -1,7 +1,6 @@
 """BRMERewardTrainer: TRL's RewardTrainer for a Bayesian Reward Model Ensemble."""
 
 import hashlib
-import math
 import warnings
 
 import numpy as np
@@ -16,16 +15,10 @@ from trl.trainer.utils import global_then_local_main_first
 from .brme_reward_config import BRMERewardConfig
 from .checkpointing import AtomicCheckpointMixin
 from .configuration_brme import BRMEConfig
+from .metrics import PROBIT_SCALE, expected_calibration_error, pair_probability
 from .modeling_brme import BRMERewardModel
 from .tokenization import tokenize_for_reward
 from .validation import check_row, validate_preference_rows
-
-PROBIT_SCALE = math.pi / 8.0  # E[sigmoid(z)] ~ sigmoid(m / sqrt(1 + pi/8 * v)) for z ~ N(m, v) (MacKay 1992)
-
-
-def pair_probability(diff: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """P(chosen > rejected) under each head: E[sigmoid(z)], z ~ N(diff, var), in closed (probit) form."""
-    return torch.sigmoid(diff / torch.sqrt(1.0 + PROBIT_SCALE * var))
 
 
 def brme_pair_losses(
@@ -82,26 +75,6 @@ def bootstrap_weights(
         rng = np.random.default_rng([int.from_bytes(digest.digest(), "little"), seed])
         weights[i] = rng.exponential(1.0, num_heads) if kind == "bayesian" else rng.poisson(1.0, num_heads)
     return torch.from_numpy(weights).to(input_ids.device)
-
-
-def expected_calibration_error(prob_chosen: torch.Tensor, num_bins: int = 10) -> float:
-    """
-    ECE of binary preference predictions: each pair's predicted label is the likelier side, its confidence
-    `max(p, 1 - p)`, and it is correct when `p > 0.5` (the chosen side is the true winner). Equal-width bins on
-    [0.5, 1]; ECE = sum_b (n_b / N) * |accuracy_b - confidence_b|.
-    """
-    p = prob_chosen.detach().double().flatten()
-    if p.numel() == 0:
-        return float("nan")
-    confidence = torch.maximum(p, 1.0 - p)
-    correct = (p > 0.5).double()
-    bins = ((confidence - 0.5) * 2.0 * num_bins).long().clamp(0, num_bins - 1)
-    ece = 0.0
-    for b in range(num_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.double().mean().item() * abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item())
-    return ece
 
 
 class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):

@@ -3,14 +3,12 @@
 import logging
 import os
 
-import torch
 from accelerate.utils import is_peft_model
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel, TrainingArguments
 from trl.trainer.utils import get_config_model_id
 
-from . import rewards
-from .config_utils import aggregation_params
+from .aggregation import Aggregation
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
 from .scoring import BRMEScorer, BRMEScores
@@ -46,6 +44,8 @@ class BRMERewardsMixin:
 
     _brme_indices: list[int]
     brme_scorers: dict[int, BRMEScorer]  # reward column -> its scorer (public: score eval data the same way)
+    # The metrics logged for every BRME column besides the optimised aggregation (kept as they were logged before).
+    LOGGED_AGGREGATIONS = ("nominal", "worst", "robust", "mean")
 
     @staticmethod
     def _find_brmes(reward_funcs, args, trainer_name: str) -> list[int]:
@@ -86,12 +86,12 @@ class BRMERewardsMixin:
 
     def _setup_brme_scorers(self) -> None:
         """One scorer per BRME column, around the model TRL prepared (a DeepSpeed engine under ZeRO-3)."""
-        params = aggregation_params(self.args)
         self.brme_scorers = {}
         for i in self._brme_indices:
             brme = self.accelerator.unwrap_model(self.reward_funcs[i])
             brme = brme.get_base_model() if is_peft_model(brme) else brme
-            if self.args.robust_lambda != brme.config.robust_lambda:
+            aggregation = Aggregation.from_config(self.args, brme_robust_lambda=brme.config.robust_lambda)
+            if self.args.robust_lambda is not None and self.args.robust_lambda != brme.config.robust_lambda:
                 logger.warning(
                     "Reward %r: the BRME's logits use robust_lambda=%s; this run optimises and logs robust_lambda=%s.",
                     self.reward_func_names[i],
@@ -101,10 +101,9 @@ class BRMERewardsMixin:
             self.brme_scorers[i] = BRMEScorer(
                 self.reward_funcs[i],
                 self.reward_processing_classes[i],
-                aggregation=self.args.reward_aggregation,
+                aggregation=aggregation,
                 device=self.accelerator.device,
                 chat_template_kwargs=self.chat_template_kwargs or None,
-                **params,
             )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -136,27 +135,11 @@ class BRMERewardsMixin:
         for i in self._brme_indices:  # same order on every process: gather is collective
             means, stds = self.accelerator.gather((scored[i].means, scored[i].stds))
             prefix = "brme" if len(self._brme_indices) == 1 else f"brme/{self.reward_func_names[i]}"
-            self._log_brme_metrics(mode, prefix, means, stds)
+            aggregation = self.brme_scorers[i].aggregation
+            names = (*self.LOGGED_AGGREGATIONS, aggregation.name)
+            for key, value in aggregation.head_metrics(means, stds, names).items():
+                self._metrics[mode][f"{prefix}/{key}"].append(value)
         return rewards_per_func
-
-    @torch.no_grad()
-    def _log_brme_metrics(self, mode: str, prefix: str, means: torch.Tensor, stds: torch.Tensor) -> None:
-        """Batch means over the gathered completions of each aggregation and of the heads' statistics."""
-        values = {
-            "nominal": rewards.nominal(means, stds),
-            "worst": rewards.worst(means),
-            "robust": rewards.robust(means, stds, self.args.robust_lambda),
-            "mean": rewards.mean(means),
-        }
-        name = self.args.reward_aggregation
-        if name not in values:
-            values[name] = rewards.aggregate(name, means, stds, **aggregation_params(self.args))
-        values["mean_std"] = stds.mean(-1)
-        values["head_disagreement"] = means.std(-1, unbiased=False)
-        for k in range(means.shape[-1]):
-            values[f"head_{k}_mean"] = means[:, k]
-        for key, value in values.items():
-            self._metrics[mode][f"{prefix}/{key}"].append(value.float().mean().item())
 
 
 def check_args_type(

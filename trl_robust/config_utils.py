@@ -1,11 +1,10 @@
 """Defaults shared by the package's trainer configs."""
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .rewards import AGGREGATIONS
+from .aggregation import AGGREGATIONS, Aggregation
 
 
 def resolve_bf16(bf16: bool | None, fp16: bool, use_cpu: bool = False) -> bool:
@@ -20,27 +19,9 @@ def resolve_bf16(bf16: bool | None, fp16: bool, use_cpu: bool = False) -> bool:
 
 
 def check_reward_aggregation(config) -> None:
-    """Raise a `ValueError` naming the field when a robust RL config's reward aggregation setting is out of range."""
-    name = type(config).__name__
-    if config.reward_aggregation not in AGGREGATIONS:
-        raise ValueError(
-            f"{name}.reward_aggregation must be one of {', '.join(AGGREGATIONS)}; got {config.reward_aggregation!r}."
-        )
-    if not 0.0 <= config.robust_lambda <= 1.0:
-        raise ValueError(f"{name}.robust_lambda must be in [0, 1], got {config.robust_lambda!r}.")
-    if not (math.isfinite(config.uwo_coef) and config.uwo_coef >= 0.0):
-        raise ValueError(f"{name}.uwo_coef must be a finite number >= 0, got {config.uwo_coef!r}.")
-    if not (math.isfinite(config.kl_dro_beta) and config.kl_dro_beta > 0.0):
-        raise ValueError(f"{name}.kl_dro_beta must be a finite number > 0, got {config.kl_dro_beta!r}.")
-
-
-def aggregation_params(config) -> dict[str, float]:
-    """The `trl_robust.rewards.aggregate` parameters of a robust RL config's `reward_aggregation`."""
-    return {
-        "robust": {"robust_lambda": config.robust_lambda},
-        "uwo": {"c": config.uwo_coef},
-        "kl_dro": {"beta": config.kl_dro_beta},
-    }.get(config.reward_aggregation, {})
+    """Raise a `ValueError` naming the field when a robust RL config's aggregation setting is out of range (the check
+    itself is [`Aggregation.validate`]'s)."""
+    Aggregation.from_config(config)
 
 
 @dataclass
@@ -49,8 +30,9 @@ class RobustRewardFields:
     The fields of the robust RL configs (PPO, GRPO, RLOO) that say how a BRME's K heads become one reward:
 
     - `reward_aggregation` (`"robust"`): one of `"robust"`, `"nominal"`, `"worst"`, `"mean"`, `"uwo"`, `"kl_dro"`
-      (see `trl_robust.rewards`);
-    - `robust_lambda` (0.4): weight of the nominal reward in `lambda * nominal + (1 - lambda) * worst`;
+      (see `trl_robust.aggregation`);
+    - `robust_lambda` (None: the BRME's own, the lambda its logits use): weight of the nominal reward in
+      `lambda * nominal + (1 - lambda) * worst`;
     - `uwo_coef` (1.0): variance penalty c of `uwo = mean - c * Var_k mu_k` (Coste et al. 2023);
     - `kl_dro_beta` (1.0): temperature of `kl_dro = -beta * log mean_k exp(-mu_k / beta)` (arXiv 2606.09073).
     """
@@ -64,11 +46,12 @@ class RobustRewardFields:
             "choices": list(AGGREGATIONS),
         },
     )
-    robust_lambda: float = field(
-        default=0.4,
+    robust_lambda: float | None = field(
+        default=None,
         metadata={
             "help": "Weight of the nominal reward in the robust reward lambda * nominal + (1 - lambda) * worst, in "
-            "[0, 1]: 1 is standard RLHF on the most confident head, 0 is pure worst case."
+            "[0, 1]: 1 is standard RLHF on the most confident head, 0 is pure worst case. Unset (None): the BRME's "
+            "own robust_lambda (the one its logits use, 0.4 by default); a value given here wins and is logged."
         },
     )
     uwo_coef: float = field(

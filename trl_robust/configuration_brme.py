@@ -7,6 +7,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
+
 POOLINGS = ("last", "first")
 
 
@@ -44,7 +46,7 @@ class BRMEConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     num_heads: int = 5
-    robust_lambda: float = 0.4
+    robust_lambda: float = DEFAULT_ROBUST_LAMBDA
     std_floor: float = 1e-3
     init_std: float = 1.0
     head_init_range: float | None = None
@@ -67,8 +69,7 @@ class BRMEConfig(PreTrainedConfig):
         """Raise a `ValueError` naming the field when a BRME setting is out of range."""
         if not isinstance(self.num_heads, int) or self.num_heads < 1:
             raise ValueError(f"BRMEConfig.num_heads must be an integer >= 1, got {self.num_heads!r}.")
-        if not 0.0 <= self.robust_lambda <= 1.0:
-            raise ValueError(f"BRMEConfig.robust_lambda must be in [0, 1], got {self.robust_lambda!r}.")
+        check_robust_lambda(self.robust_lambda, "BRMEConfig.robust_lambda")
         if not self.std_floor > 0.0:
             raise ValueError(f"BRMEConfig.std_floor must be > 0, got {self.std_floor!r}.")
         if not self.init_std > self.std_floor:

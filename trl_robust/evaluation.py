@@ -9,52 +9,14 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from . import rewards
-from .brme_reward_trainer import expected_calibration_error, pair_probability
+from . import aggregation as agg
+from .metrics import auroc, expected_calibration_error, pair_probability, reliability_bins
 from .modeling_brme import BRMERewardModel
 from .plotting import plot_reliability
-from .tokenization import tokenize_for_reward
-
-
-def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """Area under the ROC curve of `scores` for the boolean `positives` (Mann-Whitney U with ties counted half);
-    NaN when one class is empty."""
-    scores, positives = scores.double().flatten(), positives.bool().flatten()
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores.unique():  # average ranks of tied scores
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    return ((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
-
-
-def reliability_bins(prob_chosen: torch.Tensor, num_bins: int = 10) -> list[dict]:
-    """Per confidence bin on [0.5, 1]: pairs, mean confidence, accuracy (the predicted side is the likelier one)."""
-    p = prob_chosen.double().flatten()
-    confidence = torch.maximum(p, 1.0 - p)
-    correct = (p > 0.5).double()
-    index = ((confidence - 0.5) * 2.0 * num_bins).long().clamp(0, num_bins - 1)
-    bins = []
-    for b in range(num_bins):
-        members = index == b
-        n = int(members.sum())
-        bins.append(
-            {
-                "low": 0.5 + b / (2 * num_bins),
-                "high": 0.5 + (b + 1) / (2 * num_bins),
-                "count": n,
-                "confidence": confidence[members].mean().item() if n else float("nan"),
-                "accuracy": correct[members].mean().item() if n else float("nan"),
-            }
-        )
-    return bins
+from .scoring import reward_model_outputs
+from .tokenization import padding_id, tokenize_for_reward
 
 
 def preference_metrics(
@@ -76,18 +38,16 @@ def preference_metrics(
     if not has_std:
         stds_c = stds_r = torch.zeros_like(means_c)
     gap = means_c - means_r  # [N, K]
-    robust_c = rewards.robust(means_c, stds_c, robust_lambda)
-    robust_r = rewards.robust(means_r, stds_r, robust_lambda)
+    robust_c = agg.robust(means_c, stds_c, robust_lambda)
+    robust_r = agg.robust(means_r, stds_r, robust_lambda)
     wrong = robust_c <= robust_r
     out: dict[str, float] = {"pairs": float(len(gap)), "num_heads": float(gap.shape[1])}
     for k in range(gap.shape[1]):
         out[f"accuracy_head_{k}"] = (gap[:, k] > 0).double().mean().item()
     out["accuracy_robust"] = (~wrong).double().mean().item()
-    out["accuracy_nominal"] = (
-        (rewards.nominal(means_c, stds_c) > rewards.nominal(means_r, stds_r)).double().mean().item()
-    )
-    out["accuracy_worst"] = (rewards.worst(means_c) > rewards.worst(means_r)).double().mean().item()
-    out["accuracy_mean"] = (rewards.mean(means_c) > rewards.mean(means_r)).double().mean().item()
+    out["accuracy_nominal"] = (agg.nominal(means_c, stds_c) > agg.nominal(means_r, stds_r)).double().mean().item()
+    out["accuracy_worst"] = (agg.worst(means_c) > agg.worst(means_r)).double().mean().item()
+    out["accuracy_mean"] = (agg.mean(means_c) > agg.mean(means_r)).double().mean().item()
     prob = pair_probability(gap, stds_c.pow(2) + stds_r.pow(2)).mean(-1)  # the ensemble's Bayesian model average
     out["ece"] = expected_calibration_error(prob, num_bins)
     out["brier"] = (1.0 - prob.double()).pow(2).mean().item()  # the chosen side is the true winner of every pair
@@ -98,29 +58,6 @@ def preference_metrics(
         out["head_disagreement"] = torch.cat([means_c, means_r]).std(-1, unbiased=False).mean().item()
         out["auroc_disagreement_flags_errors"] = auroc(gap.std(-1, unbiased=False), wrong)
     return out
-
-
-@torch.no_grad()
-def score_sequences(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sequences: list[list[int]], batch_size: int):
-    """Means `[N, K]` and stds (`None` for a plain reward model) of tokenised sequences, right-padded in batches."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    means, stds = [], []
-    for start in tqdm(range(0, len(sequences), batch_size), desc="Scoring", unit="batch", leave=False):
-        chunk = sequences[start : start + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, seq in enumerate(chunk):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device))
-        if hasattr(out, "means") and out.means is not None:
-            means.append(out.means.float().cpu())
-            stds.append(out.stds.float().cpu())
-        else:
-            means.append(out.logits[:, :1].float().cpu())
-    return torch.cat(means), (torch.cat(stds) if stds else None)
 
 
 def evaluate_reward_model(
@@ -155,7 +92,9 @@ def evaluate_reward_model(
     keep = [i for i in range(len(chosen)) if max_length is None or max(len(chosen[i]), len(rejected[i])) <= max_length]
     if not keep:
         raise ValueError(f"Every pair is longer than max_length={max_length} tokens.")
-    means, stds = score_sequences(model, tokenizer, [chosen[i] for i in keep] + [rejected[i] for i in keep], batch_size)
+    sequences = [chosen[i] for i in keep] + [rejected[i] for i in keep]
+    means, stds = reward_model_outputs(model, sequences, padding_id(tokenizer), batch_size, progress="Scoring")
+    means, stds = means.cpu(), None if stds is None else stds.cpu()
     n = len(keep)
     metrics = preference_metrics(
         means[:n],

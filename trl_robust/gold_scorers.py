@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .tokenization import tokenize_for_reward
+from .scoring import reward_model_outputs
+from .tokenization import padding_id, tokenize_for_reward
 
 GoldScorer = Callable[[list[str], list[str]], list[float]]
 
@@ -59,25 +60,12 @@ class RewardModelGold:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.batch_size = batch_size
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.pad_token_id = padding_id(self.tokenizer)
 
-    @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         ids = [tokenize_for_reward(self.tokenizer, c, p) for p, c in zip(prompts, completions, strict=True)]
-        scores = []
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start : start + self.batch_size]
-            width = max(len(seq) for seq in chunk)
-            input_ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for row, seq in enumerate(chunk):
-                input_ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
-            means = getattr(out, "means", None)
-            scores += (means.mean(-1) if means is not None else out.logits[:, 0]).float().tolist()
-        return scores
+        means, _ = reward_model_outputs(self.model, ids, self.pad_token_id, self.batch_size, self.device)
+        return means.mean(-1).tolist()  # a BRME's ensemble mean; a plain reward model's one logit
 
 
 def load_gold_scorer(spec: str | GoldScorer, trust_remote_code: bool = False) -> GoldScorer:

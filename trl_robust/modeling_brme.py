@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from . import rewards
+from . import aggregation as agg
 from .configuration_brme import BRMEConfig
 
 
@@ -197,9 +197,9 @@ class BRMERewardModel(PreTrainedModel):
         out = self.backbone(**backbone_kwargs)
         features = self.pool(out.last_hidden_state, attention_mask)
         means, stds = self.score(features)
-        nominal = rewards.nominal(means, stds)
-        worst = rewards.worst(means)
-        robust = rewards.robust(means, stds, self.config.robust_lambda)  # the one formula scorers and trainers use
+        nominal = agg.nominal(means, stds)
+        worst = agg.worst(means)
+        robust = agg.robust(means, stds, self.config.robust_lambda)  # the one formula scorers and trainers use
         return BRMEOutput(
             logits=robust.unsqueeze(-1),
             means=means,

@@ -35,14 +35,14 @@ from transformers import (
     set_seed,
 )
 
-from . import rewards
+from . import aggregation as agg
+from .aggregation import Aggregation
 from .brme_reward_config import BRMERewardConfig
 from .brme_reward_trainer import BRMERewardTrainer
-from .config_utils import RobustRewardFields, aggregation_params
 from .data import load_hh_rlhf_harmless
 from .gold_scorers import GoldScorer, load_gold_scorer
 from .modeling_brme import BRMERewardModel
-from .overoptimization_config import OverOptimizationConfig, parse_setting
+from .overoptimization_config import OverOptimizationConfig
 from .robust_ppo_trainer import load_value_model, position_ids_from_mask, token_logprobs
 from .scoring import BRMEScorer, BRMEScores
 from .script_args import resolve_model
@@ -319,20 +319,14 @@ class PolicyJudge:
         }
 
 
-def aggregate_params(aggregation: str, params: dict[str, float]) -> dict[str, float]:
-    """`rewards.aggregate` parameters of a setting, with the robust RL configs' defaults where it gives none."""
-    return aggregation_params(RobustRewardFields(reward_aggregation=aggregation, **params))
-
-
 def proxy_terms(scores, setting: str) -> dict[str, float]:
     """Mean proxy reward under `setting` and the nominal, worst and mean terms and mean std of some scored answers."""
-    aggregation, params = parse_setting(setting)
     means, stds = scores.means, scores.stds
     return {
-        "proxy": rewards.aggregate(aggregation, means, stds, **aggregate_params(aggregation, params)).mean().item(),
-        "proxy_nominal": rewards.nominal(means, stds).mean().item(),
-        "proxy_worst": rewards.worst(means).mean().item(),
-        "proxy_mean": rewards.mean(means).mean().item(),
+        "proxy": Aggregation.from_setting(setting)(means, stds).mean().item(),
+        "proxy_nominal": agg.nominal(means, stds).mean().item(),
+        "proxy_worst": agg.worst(means).mean().item(),
+        "proxy_mean": agg.mean(means).mean().item(),
         "proxy_std": stds.mean().item(),
     }
 
@@ -375,10 +369,7 @@ def best_of_n_rows(
             ]
         )
         for setting in settings:
-            aggregation, params = parse_setting(setting)
-            flat = rewards.aggregate(
-                aggregation, means.flatten(0, 1), stds.flatten(0, 1), **aggregate_params(aggregation, params)
-            ).view(num_prompts, pool)
+            flat = Aggregation.from_setting(setting)(means.flatten(0, 1), stds.flatten(0, 1)).view(num_prompts, pool)
             for n in sizes:
                 candidates = order[:, :n]
                 best = candidates.gather(1, flat.gather(1, candidates).argmax(1, keepdim=True)).squeeze(1)
@@ -421,7 +412,7 @@ def run_rl(
     from .robust_ppo_config import RobustPPOConfig
     from .robust_ppo_trainer import RobustPPOTrainer
 
-    aggregation, params = parse_setting(setting)
+    aggregation = Aggregation.from_setting(setting)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     proxy_tokenizer = AutoTokenizer.from_pretrained(proxy_dir)
     run_dir = out / "runs" / f"{method}-{setting.replace(':', '')}-seed{seed}"
@@ -429,8 +420,10 @@ def run_rl(
     prompts = Dataset.from_dict({"prompt": (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]})
     common = dict(
         output_dir=str(run_dir),
-        reward_aggregation=aggregation,
-        **params,
+        reward_aggregation=aggregation.name,  # every parameter explicit: the setting's, else the RL defaults
+        robust_lambda=aggregation.robust_lambda,
+        uwo_coef=aggregation.uwo_coef,
+        kl_dro_beta=aggregation.kl_dro_beta,
         per_device_train_batch_size=config.rl_batch_size,
         temperature=config.temperature,
         learning_rate=config.rl_learning_rate,
@@ -442,8 +435,6 @@ def run_rl(
         disable_tqdm=True,
     )
     proxy_model = BRMERewardModel.from_pretrained(proxy_dir)
-    # The BRME's own logits use this lambda too: keep it equal to the run's, as the trainers expect.
-    proxy_model.config.robust_lambda = aggregate_params("robust", params)["robust_lambda"]
     set_seed(seed)
     if method == "ppo":
         value_model, reward_processing_class = load_value_model(policy_path, str(proxy_dir), tokenizer, proxy_tokenizer)

@@ -2,26 +2,10 @@
 
 from dataclasses import dataclass, field
 
-from .rewards import AGGREGATIONS
+from .aggregation import Aggregation
 
 METHODS = ("ppo", "grpo", "bon")
 DEFAULT_SETTINGS = ["nominal", "mean", "worst", "uwo", "robust:0.2", "robust:0.4", "robust:0.6", "robust:0.8"]
-SETTING_PARAMETER = {"robust": "robust_lambda", "uwo": "uwo_coef", "kl_dro": "kl_dro_beta"}
-
-
-def parse_setting(setting: str) -> tuple[str, dict[str, float]]:
-    """`"robust:0.4"` -> `("robust", {"robust_lambda": 0.4})`; a bare name keeps the trainer's default parameter."""
-    name, _, value = setting.partition(":")
-    if name not in AGGREGATIONS:
-        raise ValueError(f"Setting {setting!r}: unknown aggregation {name!r}; allowed: {', '.join(AGGREGATIONS)}.")
-    if not value:
-        return name, {}
-    if name not in SETTING_PARAMETER:
-        raise ValueError(f"Setting {setting!r}: {name!r} takes no parameter (only {', '.join(SETTING_PARAMETER)} do).")
-    try:
-        return name, {SETTING_PARAMETER[name]: float(value)}
-    except ValueError:
-        raise ValueError(f"Setting {setting!r}: {value!r} is not a number.") from None
 
 
 @dataclass
@@ -61,8 +45,8 @@ class OverOptimizationConfig:
     settings: list[str] = field(
         default_factory=lambda: list(DEFAULT_SETTINGS),
         metadata={
-            "help": "Reward aggregations to compare: a name of trl_robust.rewards.AGGREGATIONS, optionally with its "
-            "parameter after a colon ('robust:0.4' is lambda, 'uwo:1.0' the variance penalty, 'kl_dro:1.0' beta)."
+            "help": "Reward aggregations to compare: a name of trl_robust.aggregation.AGGREGATIONS, optionally with "
+            "its parameter after a colon ('robust:0.4' is lambda, 'uwo:1.0' the variance penalty, 'kl_dro:1.0' beta)."
         },
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "RL and best-of-n seeds."})
@@ -137,7 +121,7 @@ class OverOptimizationConfig:
         if not self.settings:
             raise ValueError("OverOptimizationConfig.settings is empty; give at least one aggregation.")
         for setting in self.settings:
-            parse_setting(setting)
+            Aggregation.from_setting(setting)
         if not 0.0 <= self.label_noise <= 0.5:
             raise ValueError(f"OverOptimizationConfig.label_noise must be in [0, 0.5], got {self.label_noise!r}.")
         for name in ("num_proxy_pairs", "rl_steps", "eval_every", "rl_batch_size", "num_eval_prompts", "bon_pool_size"):

@@ -38,12 +38,11 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from . import rewards as reward_aggregations
+from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
-from .config_utils import aggregation_params
 from .modeling_brme import BRMERewardModel
 from .robust_ppo_config import RobustPPOConfig
-from .tokenization import tokenize_for_reward
+from .tokenization import pad_batch, padding_id, tokenize_for_reward
 from .validation import check_finite_scores, token_id_bound, validate_prompt_rows, validate_token_rows
 
 if is_peft_available():
@@ -447,18 +446,6 @@ class PolicyAndValue(nn.Module):
         return logits, values
 
 
-def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into `(input_ids, attention_mask)`; the mask, not the pad id, marks real tokens."""
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        if len(seq):
-            input_ids[i, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-            attention_mask[i, width - len(seq) :] = 1
-    return input_ids, attention_mask
-
-
 def _empty_cache() -> None:
     """Return cached accelerator memory to the device (a no-op on CPU). No `gc.collect()`: tensors are freed by
     reference counting once deleted, and a full collection costs ~1 s per call in a large Python process."""
@@ -612,6 +599,9 @@ class RobustPPOTrainer(_BaseTrainer):
         self.ref_model = ref_model
         self.reward_model = reward_model
         self.reward_is_brme = _is_brme(reward_model)
+        # robust_lambda=None means the BRME's own (a PeftModel forwards `.config` to the model it wraps)
+        brme_lambda = reward_model.config.robust_lambda if self.reward_is_brme else None
+        self.aggregation = Aggregation.from_config(args, brme_robust_lambda=brme_lambda)
         self.reward_tokenizer = self._check_reward_tokenizer(tokenizer, model, reward_model, reward_processing_class)
 
         train_dataset = self._prepare_dataset(train_dataset, args, "train")
@@ -711,13 +701,13 @@ class RobustPPOTrainer(_BaseTrainer):
     def _collate(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded `(input_ids, attention_mask)` of some prompts."""
         if self.user_collator is None:
-            return left_pad([list(row["input_ids"]) for row in rows], self.filler_id)
+            return pad_batch([list(row["input_ids"]) for row in rows], self.filler_id, "left")
         batch = self.user_collator(rows)
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         # Left-align whatever padding side the collator used.
-        return left_pad([row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], self.filler_id)
+        return pad_batch([row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], self.filler_id, "left")
 
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's prompts for update `update` (0-based): a seeded shuffle per epoch, drop-last, so the data order
@@ -826,13 +816,7 @@ class RobustPPOTrainer(_BaseTrainer):
             if limit is not None and len(tokens) > limit:  # drop the prompt's start, keep the first (CLS/BOS) token
                 tokens = tokens[:1] + tokens[len(tokens) - limit + 1 :]
             rows.append(tokens)
-        width = max(len(r) for r in rows)
-        pad = self.reward_tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, tokens in enumerate(rows):
-            ids[i, : len(tokens)] = torch.tensor(tokens)
-            mask[i, : len(tokens)] = 1
+        ids, mask = pad_batch(rows, padding_id(self.reward_tokenizer))
         return ids.to(input_ids.device), mask.to(input_ids.device)
 
     @torch.no_grad()
@@ -853,9 +837,7 @@ class RobustPPOTrainer(_BaseTrainer):
         position_ids = position_ids_from_mask(attention_mask)
         if self.reward_is_brme:
             out = rm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-            scores = reward_aggregations.aggregate(
-                self.args.reward_aggregation, out.means, out.stds, **aggregation_params(self.args)
-            )
+            scores = self.aggregation(out.means, out.stds)
             return {"scores": scores.float(), "means": out.means.float(), "stds": out.stds.float()}
         if hasattr(rm, "score") and getattr(rm, "base_model_prefix", None):
             # Read the head at the last real token found by the mask (transformers' own pooling compares with the pad
@@ -1060,19 +1042,7 @@ class RobustPPOTrainer(_BaseTrainer):
     def _robust_metrics(self, means: torch.Tensor, stds: torch.Tensor) -> dict[str, float]:
         """The BRME heads' view of the rollout: every aggregation (with this config's parameters), the mean predicted
         std, the heads' disagreement (std over heads of their means) and each head's mean."""
-        metrics = {}
-        for name in reward_aggregations.AGGREGATIONS:
-            params = {
-                "robust": {"robust_lambda": self.args.robust_lambda},
-                "uwo": {"c": self.args.uwo_coef},
-                "kl_dro": {"beta": self.args.kl_dro_beta},
-            }.get(name, {})
-            metrics[f"robust/{name}"] = reward_aggregations.aggregate(name, means, stds, **params).mean().item()
-        metrics["robust/mean_std"] = stds.mean().item()
-        metrics["robust/head_disagreement"] = means.std(dim=-1, unbiased=False).mean().item()
-        for k in range(means.shape[1]):
-            metrics[f"robust/head_{k}_mean"] = means[:, k].mean().item()
-        return metrics
+        return {f"robust/{key}": value for key, value in self.aggregation.head_metrics(means, stds).items()}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Training loop

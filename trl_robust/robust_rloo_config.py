@@ -14,16 +14,10 @@ class RobustRLOOConfig(RobustRewardFields, RLOOConfig):
     become the reward that RLOO optimises.
 
     Parameters:
-        reward_aggregation (`str`, defaults to `"robust"`):
-            One of `"robust"`, `"nominal"`, `"worst"`, `"mean"`, `"uwo"`, `"kl_dro"`; see `trl_robust.rewards`.
-        robust_lambda (`float`, defaults to 0.4):
-            Weight of the nominal reward in `robust = lambda * nominal + (1 - lambda) * worst` (arXiv 2409.15360).
-            Also sets the logged `brme/robust` metric whatever the aggregation.
-        uwo_coef (`float`, defaults to 1.0):
-            Variance penalty c of `uwo = mean - c * Var_k mu_k` (Coste et al. 2023).
-        kl_dro_beta (`float`, defaults to 1.0):
-            Temperature beta of `kl_dro = -beta * log mean_k exp(-mu_k / beta)` (arXiv 2606.09073): small beta
-            approaches the worst head, large beta the mean.
+        reward_aggregation, robust_lambda, uwo_coef, kl_dro_beta:
+            How the K heads become one reward; defined and documented once in [`RobustRewardFields`]
+            (`trl_robust.config_utils`), checked by [`trl_robust.aggregation.Aggregation`]. `robust_lambda` unset
+            (None) takes the BRME's own; it also sets the logged `brme/robust` metric whatever the aggregation.
 
     > Changed default: `bf16` is on only where it runs (a bf16-capable GPU), not whenever `fp16` is off.
     """

@@ -10,10 +10,45 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from . import rewards
-from .tokenization import tokenize_for_reward
+from .aggregation import Aggregation, aggregate
+from .tokenization import pad_batch, padding_id, tokenize_for_reward
+
+
+@torch.no_grad()
+def reward_model_outputs(
+    model: nn.Module,
+    sequences: list[list[int]],
+    pad_token_id: int,
+    batch_size: int | None = None,
+    device: torch.device | None = None,
+    progress: str | None = None,
+    **forward_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    The one "pad -> score" loop of the package: score tokenised sequences (tokenise them with `tokenize_for_reward`
+    first, as the reward trainer did) in right-padded batches of `batch_size` (all at once when None) on `device`
+    (the model's first parameter's by default). Returns float `(means [N, K], stds [N, K])` for a BRME, or
+    `(logits[:, :1], None)` for a plain reward model. `progress` names a progress bar over the batches.
+    """
+    device = device if device is not None else next(model.parameters()).device
+    step = batch_size or max(len(sequences), 1)
+    starts = range(0, len(sequences), step)
+    means, stds = [], []
+    for start in tqdm(starts, desc=progress, unit="batch", leave=False) if progress else starts:
+        input_ids, attention_mask = pad_batch(sequences[start : start + step], pad_token_id)
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **forward_kwargs)
+        if getattr(out, "means", None) is not None:
+            means.append(out.means.float())
+            stds.append(out.stds.float())
+        else:
+            means.append(out.logits[:, :1].float())
+    if not means:
+        empty = torch.zeros(0, 0, device=device)
+        return empty, empty
+    return torch.cat(means), (torch.cat(stds) if stds else None)
 
 
 @dataclass
@@ -44,8 +79,9 @@ class BRMEScorer:
             in eval mode: a reward is a deterministic score, so dropout stays off.
         tokenizer (`PreTrainedTokenizerBase`):
             The tokenizer the BRME was trained with.
-        aggregation (`str`, defaults to `"robust"`):
-            How the K heads become one reward: a name of `trl_robust.rewards.AGGREGATIONS`.
+        aggregation (`str` or `Aggregation`, defaults to `"robust"`):
+            How the K heads become one reward: an [`Aggregation`], or a name of `trl_robust.aggregation.AGGREGATIONS`
+            (with its parameter in `**aggregation_params`).
         batch_size (`int`, *optional*):
             Pairs per forward pass; all pairs in one pass when unset.
         device (`torch.device`, *optional*):
@@ -53,7 +89,8 @@ class BRMEScorer:
         chat_template_kwargs (`dict`, *optional*):
             Extra arguments to the chat template of conversational pairs.
         **aggregation_params:
-            Parameters of the aggregation (`robust_lambda`, `c` or `beta`), see [`trl_robust.rewards.aggregate`].
+            The named aggregation's parameter (`robust_lambda`, `uwo_coef` or `kl_dro_beta`), see
+            [`trl_robust.aggregation.aggregate`]; the RL configs' defaults otherwise.
 
     Example:
 
@@ -68,26 +105,29 @@ class BRMEScorer:
         self,
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        aggregation: str = "robust",
+        aggregation: str | Aggregation = "robust",
         batch_size: int | None = None,
         device: torch.device | str | None = None,
         chat_template_kwargs: dict | None = None,
         **aggregation_params: float,
     ):
         # Fail on a bad name or parameter now, not at the first batch of a training run.
-        rewards.aggregate(aggregation, torch.zeros(1, 1), torch.ones(1, 1), **aggregation_params)
+        if isinstance(aggregation, Aggregation):
+            if aggregation_params:
+                raise ValueError(f"Pass the aggregation's parameters in the Aggregation, got {aggregation_params}.")
+        else:
+            aggregate(aggregation, torch.zeros(1, 1), torch.ones(1, 1), **aggregation_params)
+            aggregation = Aggregation(aggregation, **aggregation_params)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}.")
         model.eval()  # not `model = model.eval()`: a DeepSpeed engine's eval() returns None
         self.model = model
         self.tokenizer = tokenizer
         self.aggregation = aggregation
-        self.aggregation_params = aggregation_params
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.chat_template_kwargs = chat_template_kwargs
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = pad if pad is not None else 0  # any id works: the attention mask hides padding
+        self.pad_token_id = padding_id(tokenizer)
 
     def tokenize(
         self,
@@ -109,27 +149,14 @@ class BRMEScorer:
             for prompt, completion, tool in zip(prompts, completions, tools, strict=True)
         ]
 
-    @torch.no_grad()
     def score_ids(self, input_ids: list[list[int]]) -> BRMEScores:
         """Score already tokenised sequences: right-padded batches with an attention mask, on `self.device`."""
-        means, stds = [], []
-        step = self.batch_size or max(len(input_ids), 1)
-        for start in range(0, len(input_ids), step):
-            chunk = input_ids[start : start + step]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, seq in enumerate(chunk):
-                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[row, : len(seq)] = 1
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-            means.append(out.means.float())
-            stds.append(out.stds.float())
-        if not means:
-            empty = torch.zeros(0, 0, device=self.device)
-            return BRMEScores(means=empty, stds=empty, rewards=torch.zeros(0, device=self.device))
-        means, stds = torch.cat(means), torch.cat(stds)
-        return BRMEScores(means, stds, rewards.aggregate(self.aggregation, means, stds, **self.aggregation_params))
+        means, stds = reward_model_outputs(
+            self.model, input_ids, self.pad_token_id, self.batch_size, self.device, use_cache=False
+        )
+        if not len(input_ids):
+            return BRMEScores(means=means, stds=stds, rewards=torch.zeros(0, device=self.device))
+        return BRMEScores(means, stds, self.aggregation(means, stds))
 
     def score(self, prompts: list | None, completions: list, tools: list | None = None) -> BRMEScores:
         """Tokenise (see [`tokenize`]) and score each (prompt, completion) pair."""

@@ -8,7 +8,9 @@ completions without it, so a reward model is scored on inputs it never saw in tr
 import json
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
+from trl.trainer.utils import pad
 
 
 def is_conversational(value: Any) -> bool:
@@ -45,3 +47,23 @@ def tokenize_for_reward(
         return list(encoded["input_ids"])
     text = append_eos((prompt or "") + completion, tokenizer)
     return list(tokenizer(text=text)["input_ids"])
+
+
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS, else 0. Any id works where the attention mask
+    hides padding, as in every batch this package builds."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def pad_batch(
+    sequences: list[list[int]], pad_token_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> `(input_ids, attention_mask)` `[N, longest]` on the CPU, padded on `padding_side` ("right" for
+    reward scoring, "left" for prompts to generate from); the mask, not the pad id, marks the real tokens."""
+    ids = [torch.as_tensor(seq, dtype=torch.long) for seq in sequences]
+    input_ids = pad(ids, padding_value=pad_token_id, padding_side=padding_side)
+    attention_mask = pad([torch.ones_like(t) for t in ids], padding_value=0, padding_side=padding_side)
+    return input_ids, attention_mask

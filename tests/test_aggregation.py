@@ -5,7 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_robust import rewards
+from trl_robust import aggregation as rewards
+from trl_robust.aggregation import Aggregation
+from trl_robust.config_utils import RobustRewardFields
 
 finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
 positive = st.floats(0.125, 20.0, allow_nan=False, width=32)
@@ -31,7 +33,7 @@ def test_every_aggregation_lies_between_the_heads(ms, lam, c, beta):
         ("worst", {}),
         ("robust", {"robust_lambda": lam}),
         ("mean", {}),
-        ("kl_dro", {"beta": beta}),
+        ("kl_dro", {"kl_dro_beta": beta}),
     ]:
         value = rewards.aggregate(name, means, stds, **params)
         assert value.shape == (means.shape[0],)
@@ -94,12 +96,18 @@ def test_uwo_formula():
         (lambda m, s: rewards.aggregate("median", m, s), "allowed: nominal, worst, robust, mean, uwo, kl_dro"),
         (lambda m, s: rewards.aggregate("robust", m, s, robust_lambda=1.5), "robust_lambda"),
         (lambda m, s: rewards.aggregate("robust", m, s, robust_lambda=-0.1), "robust_lambda"),
-        (lambda m, s: rewards.aggregate("uwo", m, s, c=-1.0), "UWO coefficient"),
-        (lambda m, s: rewards.aggregate("kl_dro", m, s, beta=0.0), "beta"),
-        (lambda m, s: rewards.aggregate("kl_dro", m, s, beta=-1.0), "beta"),
-        (lambda m, s: rewards.aggregate("kl_dro", m, s, beta=float("inf")), "beta"),
-        (lambda m, s: rewards.aggregate("mean", m, s, beta=1.0), "accepts: none"),
-        (lambda m, s: rewards.aggregate("uwo", m, s, beta=1.0), "accepts: c"),
+        (lambda m, s: rewards.aggregate("uwo", m, s, uwo_coef=-1.0), "uwo_coef"),
+        (lambda m, s: rewards.aggregate("kl_dro", m, s, kl_dro_beta=0.0), "kl_dro_beta"),
+        (lambda m, s: rewards.aggregate("kl_dro", m, s, kl_dro_beta=-1.0), "kl_dro_beta"),
+        (lambda m, s: rewards.aggregate("kl_dro", m, s, kl_dro_beta=float("inf")), "kl_dro_beta"),
+        (lambda m, s: rewards.aggregate("mean", m, s, kl_dro_beta=1.0), "accepts: none"),
+        (lambda m, s: rewards.aggregate("uwo", m, s, kl_dro_beta=1.0), "accepts: uwo_coef"),
+        (lambda m, s: Aggregation("median"), "reward aggregation must be one of"),
+        (lambda m, s: Aggregation("uwo", uwo_coef=float("nan")), "uwo_coef"),
+        (lambda m, s: Aggregation.from_setting("robust:2"), "Setting 'robust:2': robust_lambda must be in"),
+        (lambda m, s: Aggregation.from_setting("mean:0.3"), "takes no parameter"),
+        (lambda m, s: Aggregation.from_setting("robust:x"), "is not a number"),
+        (lambda m, s: Aggregation.from_setting("median"), "unknown aggregation 'median'"),
         (lambda m, s: rewards.aggregate("nominal", m, None), "needs the heads' stds"),
         (lambda m, s: rewards.aggregate("mean", m, s[:, :2]), "stds must have the shape"),
         (lambda m, s: rewards.aggregate("worst", m[0], s), "means must be a"),
@@ -111,3 +119,56 @@ def test_bad_arguments_raise(call, match):
     means, stds = torch.randn(2, 3), torch.rand(2, 3) + 0.1
     with pytest.raises(ValueError, match=match):
         call(means, stds)
+
+
+def test_aggregation_object_applies_its_parameter_only():
+    means, stds = torch.tensor([[1.0, 3.0], [0.0, 2.0]]), torch.tensor([[0.5, 0.1], [0.2, 0.3]])
+    # robust: 0.25 * nominal + 0.75 * worst, nominal being the smaller-std head (3.0 in row 0, 0.0 in row 1)
+    torch.testing.assert_close(Aggregation("robust", robust_lambda=0.25)(means, stds), torch.tensor([1.5, 0.0]))
+    torch.testing.assert_close(Aggregation("uwo", uwo_coef=2.0)(means, stds), torch.tensor([0.0, -1.0]))
+    assert Aggregation("uwo", uwo_coef=2.0).params == {"uwo_coef": 2.0} and Aggregation("mean").params == {}
+    assert Aggregation("kl_dro", kl_dro_beta=0.5).describe() == "kl_dro (kl_dro_beta=0.5)"
+    # the other fields do not enter
+    torch.testing.assert_close(Aggregation("mean", robust_lambda=0.9)(means, stds), torch.tensor([2.0, 1.0]))
+
+
+def test_from_setting_parses_the_harness_settings():
+    assert Aggregation.from_setting("robust:0.2") == Aggregation("robust", robust_lambda=0.2)
+    assert Aggregation.from_setting("uwo:2") == Aggregation("uwo", uwo_coef=2.0)
+    assert Aggregation.from_setting("worst") == Aggregation("worst")
+    assert Aggregation.from_setting("kl_dro:0.5").kl_dro_beta == 0.5
+
+
+def test_from_config_takes_the_brmes_lambda_unless_one_is_given():
+    unset = RobustRewardFields(reward_aggregation="robust")
+    assert unset.robust_lambda is None
+    assert Aggregation.from_config(unset, brme_robust_lambda=0.7).robust_lambda == 0.7
+    assert Aggregation.from_config(unset).robust_lambda == 0.4  # no BRME: the package default
+    explicit = RobustRewardFields(reward_aggregation="robust", robust_lambda=0.2)
+    assert Aggregation.from_config(explicit, brme_robust_lambda=0.7).robust_lambda == 0.2
+    bad = RobustRewardFields(reward_aggregation="robust", kl_dro_beta=0.0)
+    with pytest.raises(ValueError, match=r"RobustRewardFields\.kl_dro_beta must be a finite number > 0"):
+        Aggregation.from_config(bad)
+
+
+def test_head_metrics_by_hand():
+    means, stds = torch.tensor([[1.0, 3.0], [0.0, 2.0]]), torch.tensor([[0.5, 0.1], [0.2, 0.3]])
+    m = Aggregation("robust", robust_lambda=0.5).head_metrics(means, stds)
+    assert m["nominal"] == pytest.approx((3.0 + 0.0) / 2) and m["worst"] == pytest.approx(0.5)
+    assert m["robust"] == pytest.approx(0.5 * 1.5 + 0.5 * 0.5) and m["mean"] == pytest.approx(1.5)
+    assert m["mean_std"] == pytest.approx(0.275) and m["head_disagreement"] == pytest.approx(1.0)
+    assert m["head_0_mean"] == pytest.approx(0.5) and m["head_1_mean"] == pytest.approx(2.5)
+    assert set(Aggregation("uwo").head_metrics(means, stds, ("nominal", "uwo"))) == {
+        "nominal",
+        "uwo",
+        "mean_std",
+        "head_disagreement",
+        "head_0_mean",
+        "head_1_mean",
+    }
+
+
+def test_old_module_name_still_works():
+    from trl_robust import rewards as old
+
+    assert old.aggregate is rewards.aggregate and old.Aggregation is Aggregation

@@ -1,7 +1,14 @@
+"""RobustGRPOTrainer and RobustRLOOTrainer: the same BRME reward path on TRL's two group-baseline trainers, so most
+tests run on both (`kind`); the few that exercise one trainer's own behaviour name it."""
+
+from pathlib import Path
+from typing import NamedTuple
+
 import pytest
 import torch
 from datasets import Dataset
-from trl import GRPOConfig, GRPOTrainer
+from safetensors.torch import load_file
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from tests.robust_rl_helpers import (
     PROMPTS,
@@ -14,12 +21,37 @@ from tests.robust_rl_helpers import (
     snapshot,
     step_logs,
     tiny_llama_config,
+    tiny_policy,
     train_great_brme,
 )
-from trl_robust import BRMEConfig, BRMERewardModel, RobustGRPOConfig, RobustGRPOTrainer, rewards
+from trl_robust import (
+    BRMEConfig,
+    BRMERewardModel,
+    RobustGRPOConfig,
+    RobustGRPOTrainer,
+    RobustRLOOConfig,
+    RobustRLOOTrainer,
+)
+from trl_robust import aggregation as agg
 from trl_robust.tokenization import tokenize_for_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Kind(NamedTuple):
+    config: type
+    trainer: type
+    trl_config: type
+    trl_trainer: type
+    trl_metrics: tuple[str, ...]  # some of TRL's own per-step metrics, which must still be logged
+
+
+KINDS = {
+    "grpo": Kind(
+        RobustGRPOConfig, RobustGRPOTrainer, GRPOConfig, GRPOTrainer, ("reward_std", "completions/mean_length")
+    ),
+    "rloo": Kind(RobustRLOOConfig, RobustRLOOTrainer, RLOOConfig, RLOOTrainer, ("kl",)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +64,22 @@ def policy_dir(tmp_path_factory, smol_tokenizer):
     return save_policy(tmp_path_factory.mktemp("policy"), smol_tokenizer)
 
 
-def make_trainer(tmp_path, tokenizer, policy, reward_funcs, **overrides):
-    return RobustGRPOTrainer(
-        model=str(policy),
+def make_trainer(kind, tmp_path, tokenizer, policy, reward_funcs, train_dataset=None, **overrides):
+    k = KINDS[kind]
+    return k.trainer(
+        model=policy,
         reward_funcs=reward_funcs,
-        args=RobustGRPOConfig(**rl_args(tmp_path, tokenizer, **overrides)),
-        train_dataset=prompt_dataset(),
+        args=k.config(**rl_args(tmp_path, tokenizer, **overrides)),
+        train_dataset=prompt_dataset() if train_dataset is None else train_dataset,
         processing_class=tokenizer,
     )
 
 
-def test_trains_policy_and_robust_reward_rises(tmp_path, smol_tokenizer, policy_dir, brme_dir):
-    trainer = make_trainer(tmp_path, smol_tokenizer, policy_dir, str(brme_dir), max_steps=8)
+@pytest.mark.parametrize("kind", KINDS)
+def test_trains_policy_and_robust_reward_rises(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir):
+    trainer = make_trainer(kind, tmp_path, smol_tokenizer, str(policy_dir), str(brme_dir), max_steps=8)
+    if kind == "rloo":
+        assert trainer.args.beta > 0 and trainer.ref_model is not None  # RLOO's default KL: reference reloaded
     before = snapshot(trainer.model)
     trainer.train()
     for name, param in trainer.model.named_parameters():
@@ -53,40 +89,49 @@ def test_trains_policy_and_robust_reward_rises(tmp_path, smol_tokenizer, policy_
     assert len(logs) == 8
     expected = {"brme/nominal", "brme/worst", "brme/robust", "brme/mean", "brme/mean_std", "brme/head_disagreement"}
     expected |= {f"brme/head_{k}_mean" for k in range(3)}
-    name = trainer.reward_func_names[0]
-    expected |= {"reward", "reward_std", f"rewards/{name}/mean", "completions/mean_length"}  # TRL's own, still there
+    expected |= {"reward", f"rewards/{trainer.reward_func_names[0]}/mean", *KINDS[kind].trl_metrics}
     assert expected <= set(logs[-1])
     robust = [entry["brme/robust"] for entry in logs]
     assert sum(robust[-3:]) / 3 > robust[0] + 0.5, robust  # the policy learned to say " great"
 
 
 @pytest.mark.parametrize(
-    "aggregation, params",
-    [("robust", {"robust_lambda": 0.7}), ("kl_dro", {"kl_dro_beta": 0.5}), ("uwo", {"uwo_coef": 2.0})],
+    "kind, aggregation, params",
+    [
+        ("grpo", "robust", {"robust_lambda": 0.7}),
+        ("grpo", "kl_dro", {"kl_dro_beta": 0.5}),
+        ("grpo", "uwo", {"uwo_coef": 2.0}),
+        ("rloo", "worst", {}),
+    ],
 )
 def test_logged_metrics_are_the_formulas_on_the_scored_batch(
-    tmp_path, smol_tokenizer, policy_dir, brme_dir, aggregation, params
+    kind, tmp_path, smol_tokenizer, policy_dir, brme_dir, aggregation, params
 ):
     trainer = make_trainer(
-        tmp_path, smol_tokenizer, policy_dir, str(brme_dir), max_steps=2, reward_aggregation=aggregation, **params
+        kind,
+        tmp_path,
+        smol_tokenizer,
+        str(policy_dir),
+        str(brme_dir),
+        max_steps=2,
+        reward_aggregation=aggregation,
+        **params,
     )
     scores, calls = capture_scores(trainer), capture_rewards(trainer)
     trainer.train()
     logs = step_logs(trainer)
     assert len(scores) == len(calls) == len(logs) == 2  # one generation batch per step, one log per step
-    agg_params = {"robust_lambda": 0.7, "kl_dro_beta": 0.5, "uwo_coef": 2.0}
-    lam = params.get("robust_lambda", 0.4)
-    name_params = {"robust": {"robust_lambda": lam}, "kl_dro": {"beta": 0.5}, "uwo": {"c": 2.0}}[aggregation]
-    assert {k: getattr(trainer.args, k) for k in params} == {k: agg_params[k] for k in params}
+    assert {k: getattr(trainer.args, k) for k in params} == params
+    lam = params.get("robust_lambda", 0.4)  # unset: the BRME's own, 0.4 as trained
     for score, (_, _, rewards_per_func), entry in zip(scores, calls, logs, strict=True):
         means, stds = score.means, score.stds
-        optimised = rewards.aggregate(aggregation, means, stds, **name_params)
+        optimised = agg.aggregate(aggregation, means, stds, **params)
         # the reward column TRL turns into advantages is the configured aggregation of the heads ...
         assert torch.equal(rewards_per_func[:, 0], optimised)
         # ... and every logged value is its formula applied to the same batch, exactly
-        assert entry["brme/robust"] == rewards.robust(means, stds, lam).mean().item()
-        assert entry["brme/nominal"] == rewards.nominal(means, stds).mean().item()
-        assert entry["brme/worst"] == rewards.worst(means).mean().item()
+        assert entry["brme/robust"] == agg.robust(means, stds, lam).mean().item()
+        assert entry["brme/nominal"] == agg.nominal(means, stds).mean().item()
+        assert entry["brme/worst"] == agg.worst(means).mean().item()
         assert entry["brme/mean"] == means.mean(-1).mean().item()
         assert entry[f"brme/{aggregation}"] == optimised.mean().item()
         assert entry["brme/mean_std"] == stds.mean(-1).mean().item()
@@ -96,18 +141,20 @@ def test_logged_metrics_are_the_formulas_on_the_scored_batch(
         assert entry[f"rewards/{trainer.reward_func_names[0]}/mean"] == pytest.approx(optimised.mean().item(), abs=1e-6)
 
 
-def test_single_head_logs_agree_exactly(tmp_path, smol_tokenizer, policy_dir):
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_head_logs_agree_exactly(kind, tmp_path, smol_tokenizer, policy_dir):
     """With K = 1 every aggregation is the one head: the logged batch means must be identical numbers."""
     torch.manual_seed(1)
     brme = BRMERewardModel(BRMEConfig(text_config=tiny_llama_config(smol_tokenizer).to_dict(), num_heads=1))
     brme.config._name_or_path = "brme-k1"
-    trainer = RobustGRPOTrainer(
+    k = KINDS[kind]
+    trainer = k.trainer(
         model=str(policy_dir),
-        reward_funcs=brme,
-        args=RobustGRPOConfig(**rl_args(tmp_path, smol_tokenizer, max_steps=2)),
+        reward_funcs=brme if kind == "grpo" else [brme],  # a bare model and a list both work
+        args=k.config(**rl_args(tmp_path, smol_tokenizer, max_steps=2)),
         train_dataset=prompt_dataset(),
         processing_class=smol_tokenizer,
-        reward_processing_classes=smol_tokenizer,
+        reward_processing_classes=smol_tokenizer if kind == "grpo" else [smol_tokenizer],
     )
     trainer.train()
     for entry in step_logs(trainer):
@@ -122,7 +169,13 @@ def test_scored_as_trained_beside_other_rewards(tmp_path, smol_tokenizer, policy
         return [float(c.count(" great")) for c in completions]
 
     trainer = make_trainer(
-        tmp_path, smol_tokenizer, policy_dir, [str(brme_dir), says_great], max_steps=1, reward_weights=[1.0, 0.5]
+        "grpo",
+        tmp_path,
+        smol_tokenizer,
+        str(policy_dir),
+        [str(brme_dir), says_great],
+        max_steps=1,
+        reward_weights=[1.0, 0.5],
     )
     calls = capture_rewards(trainer)
     trainer.train()
@@ -148,13 +201,8 @@ def test_scored_as_trained_beside_other_rewards(tmp_path, smol_tokenizer, policy
 
 
 def test_conversational_prompts_go_through_the_chat_template(tmp_path, smol_tokenizer, policy_dir, brme_dir):
-    trainer = RobustGRPOTrainer(
-        model=str(policy_dir),
-        reward_funcs=str(brme_dir),
-        args=RobustGRPOConfig(**rl_args(tmp_path, smol_tokenizer, max_steps=1)),
-        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 4]),
-        processing_class=smol_tokenizer,
-    )
+    chats = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 4])
+    trainer = make_trainer("grpo", tmp_path, smol_tokenizer, str(policy_dir), str(brme_dir), chats, max_steps=1)
     calls = capture_rewards(trainer)
     trainer.train()
     prompts, completions, rewards_per_func = calls[0]
@@ -168,12 +216,31 @@ def test_conversational_prompts_go_through_the_chat_template(tmp_path, smol_toke
             torch.testing.assert_close(reward, out.logits[0, 0], atol=1e-5, rtol=1e-5)
 
 
-def test_plain_trl_grpo_reads_a_brme_checkpoint(tmp_path, smol_tokenizer, policy_dir, brme_dir):
-    """Interop: an unmodified GRPOTrainer loads the BRME from its path and optimises logits[:, 0] (robust reward)."""
-    trainer = GRPOTrainer(
+def test_in_memory_policy_is_saved_for_the_reference_model(tmp_path, smol_tokenizer, brme_dir):
+    """beta > 0 (RLOO's default) makes TRL reload the reference from `_name_or_path`: a policy built from a config is
+    saved first."""
+    policy = tiny_policy(smol_tokenizer, seed=3)
+    assert policy.config._name_or_path == ""
+    initial = snapshot(policy)
+    trainer = make_trainer("rloo", tmp_path, smol_tokenizer, policy, str(brme_dir), max_steps=1)
+    saved = Path(tmp_path) / "reference_model"
+    assert policy.config._name_or_path == str(saved) and (saved / "config.json").is_file()
+    weights = load_file(saved / "model.safetensors")
+    torch.testing.assert_close(weights["model.embed_tokens.weight"], initial["model.embed_tokens.weight"])
+    for name, param in trainer.ref_model.named_parameters():
+        torch.testing.assert_close(param, initial[name], msg=name)  # the reference is the initial policy
+    trainer.train()
+    assert "kl" in trainer.state.log_history[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_trl_trainer_reads_a_brme_checkpoint(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir):
+    """Interop: an unmodified TRL trainer loads the BRME from its path and optimises logits[:, 0] (robust reward)."""
+    k = KINDS[kind]
+    trainer = k.trl_trainer(
         model=str(policy_dir),
         reward_funcs=str(brme_dir),
-        args=GRPOConfig(**rl_args(tmp_path, smol_tokenizer, max_steps=2), bf16=False),
+        args=k.trl_config(**rl_args(tmp_path, smol_tokenizer, max_steps=2), bf16=False),
         train_dataset=prompt_dataset(),
         processing_class=smol_tokenizer,
     )
@@ -186,28 +253,35 @@ def test_plain_trl_grpo_reads_a_brme_checkpoint(tmp_path, smol_tokenizer, policy
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(entry[key])) for entry in logs)
 
 
-def test_arguments_are_checked(tmp_path, smol_tokenizer, policy_dir, brme_dir):
+@pytest.mark.parametrize("kind", KINDS)
+def test_arguments_are_checked(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir):
+    k = KINDS[kind]
+    name = k.config.__name__
     for field, value, match in [
-        ("reward_aggregation", "median", "reward_aggregation must be one of nominal, worst, robust"),
-        ("robust_lambda", 1.5, "robust_lambda"),
-        ("uwo_coef", -1.0, "uwo_coef"),
-        ("kl_dro_beta", 0.0, "kl_dro_beta"),
+        ("reward_aggregation", "median", f"{name}.reward_aggregation must be one of nominal, worst, robust"),
+        ("robust_lambda", 1.5, rf"{name}\.robust_lambda must be in \[0, 1\]"),
+        ("uwo_coef", -1.0, rf"{name}\.uwo_coef"),
+        ("kl_dro_beta", 0.0, rf"{name}\.kl_dro_beta"),
     ]:
         with pytest.raises(ValueError, match=match):
-            RobustGRPOConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
-    assert RobustGRPOConfig(output_dir=str(tmp_path), report_to="none").bf16 is False  # CPU: no bf16
+            k.config(output_dir=str(tmp_path), report_to="none", **{field: value})
+    default = k.config(output_dir=str(tmp_path), report_to="none")
+    assert default.bf16 is False and default.robust_lambda is None  # CPU: no bf16; lambda: the BRME's own
     with pytest.raises(ValueError, match="none of reward_funcs is a BRMERewardModel"):
-        make_trainer(tmp_path, smol_tokenizer, policy_dir, [lambda completions, **kw: [0.0] * len(completions)])
-    with pytest.raises(TypeError, match="needs a RobustGRPOConfig"):
-        RobustGRPOTrainer(
+        make_trainer(
+            kind, tmp_path, smol_tokenizer, str(policy_dir), [lambda completions, **kw: [0.0] * len(completions)]
+        )
+    with pytest.raises(TypeError, match=f"needs a {name}"):
+        k.trainer(
             model=str(policy_dir),
             reward_funcs=str(brme_dir),
-            args=GRPOConfig(str(tmp_path), report_to="none", bf16=False),
+            args=k.trl_config(str(tmp_path), report_to="none", bf16=False),
         )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_runs_and_saves(tmp_path, brme_dir, policy_dir, stage):
+@pytest.mark.parametrize("kind", KINDS)
+def test_deepspeed_runs_and_saves(kind, tmp_path, brme_dir, policy_dir, stage):
     """Two CPU processes under DeepSpeed ZeRO-2 / ZeRO-3: trains, shards the BRME under ZeRO-3, saves the policy."""
-    run_deepspeed_script("grpo", tmp_path, brme_dir, policy_dir, stage)
+    run_deepspeed_script(kind, tmp_path, brme_dir, policy_dir, stage)
