@@ -1,5 +1,6 @@
 """Configuration of the Bayesian Reward Model Ensemble (BRME)."""
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -10,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 
 POOLINGS = ("last", "first")
+HEAD_TYPES = ("linear", "mlp", "lora")
 
 
 @strict
@@ -39,6 +41,24 @@ class BRMEConfig(PreTrainedConfig):
         pooling (`str`, *optional*):
             `"last"` reads the last non-padding token (decoders), `"first"` the first token (BERT-style encoders).
             Chosen from the backbone type when unset.
+        head_type (`str`, defaults to `"linear"`):
+            What each member is. `"linear"`: a linear Gaussian head on the shared pooled feature (cheapest);
+            `"mlp"`: a per-member MLP (`head_hidden_size` units, GELU) on that feature; `"lora"`: per-member LoRA
+            adapters (rank `member_lora_rank`) on the linear layers of the top `member_layers` backbone layers, so
+            each member reads its own feature, then its own linear head.
+        head_hidden_size (`int`, *optional*):
+            Hidden units of each `"mlp"` member; defaults to a quarter of the backbone's hidden size (at least 16).
+        prior_scale (`float`, defaults to 0.0):
+            Randomised prior functions (Osband et al. 2018): each member's mean gets `prior_scale` times the output
+            of its own frozen, randomly initialised linear head on the (layer-normalised, detached) feature. 0 turns
+            priors off.
+        member_layers (`int`, defaults to 1):
+            For `head_type="lora"`: how many of the backbone's top layers carry per-member adapters.
+        member_lora_rank (`int`, defaults to 8):
+            For `head_type="lora"`: rank of each member's adapters.
+        calibration_temperature (`float`, defaults to 1.0):
+            Post-hoc temperature T of the pair probability, `P(chosen > rejected) = E[sigmoid(gap / T)]`, fitted on
+            the eval split at the end of `BRMERewardTrainer` training; evaluation uses it. 1.0 is uncalibrated.
     """
 
     model_type = "brme"
@@ -51,6 +71,12 @@ class BRMEConfig(PreTrainedConfig):
     init_std: float = 1.0
     head_init_range: float | None = None
     pooling: Literal["last", "first"] | None = None
+    head_type: Literal["linear", "mlp", "lora"] = "linear"
+    head_hidden_size: int | None = None
+    prior_scale: float = 0.0
+    member_layers: int = 1
+    member_lora_rank: int = 8
+    calibration_temperature: float = 1.0
     num_labels: int = 1
 
     def __post_init__(self, **kwargs):
@@ -78,6 +104,28 @@ class BRMEConfig(PreTrainedConfig):
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"BRMEConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"BRMEConfig.head_type must be one of {', '.join(HEAD_TYPES)}; got {self.head_type!r}.")
+        if self.head_hidden_size is not None and not (
+            isinstance(self.head_hidden_size, int) and self.head_hidden_size >= 1
+        ):
+            raise ValueError(
+                f"BRMEConfig.head_hidden_size must be an integer >= 1 or None, got {self.head_hidden_size!r}."
+            )
+        if not (
+            isinstance(self.prior_scale, int | float) and math.isfinite(self.prior_scale) and self.prior_scale >= 0
+        ):
+            raise ValueError(f"BRMEConfig.prior_scale must be a finite number >= 0, got {self.prior_scale!r}.")
+        for name in ("member_layers", "member_lora_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"BRMEConfig.{name} must be an integer >= 1, got {value!r}.")
+        layers = getattr(self.text_config, "num_hidden_layers", None)
+        if self.head_type == "lora" and layers is not None and self.member_layers > layers:
+            raise ValueError(f"BRMEConfig.member_layers ({self.member_layers}) exceeds the backbone's {layers} layers.")
+        t = self.calibration_temperature
+        if not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+            raise ValueError(f"BRMEConfig.calibration_temperature must be a finite number > 0, got {t!r}.")
         if self.num_labels != 1:
             raise ValueError(
                 f"BRMEConfig.num_labels must be 1 (the robust reward); set the number of heads with num_heads, "

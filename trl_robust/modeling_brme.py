@@ -25,6 +25,11 @@ class BRMEOutput(ModelOutput):
         stds (`torch.FloatTensor` of shape `(batch_size, num_heads)`): each head's reward standard deviation (> 0).
         nominal (`torch.FloatTensor` of shape `(batch_size,)`): mean of the head with the smallest std, per sample.
         worst (`torch.FloatTensor` of shape `(batch_size,)`): smallest head mean, per sample.
+        epistemic (`torch.FloatTensor` of shape `(batch_size,)`): the members' disagreement, the population std of
+            their means, `sqrt((1/K) sum_k (mu_k - mean_k mu_k)^2)`: uncertainty about the reward function itself,
+            which more data of that kind would reduce (0 for K = 1).
+        aleatoric (`torch.FloatTensor` of shape `(batch_size,)`): the members' mean predicted std,
+            `(1/K) sum_k sigma_k`: the noise each member expects in the labels themselves.
     """
 
     loss: torch.FloatTensor | None = None
@@ -33,8 +38,20 @@ class BRMEOutput(ModelOutput):
     stds: torch.FloatTensor | None = None
     nominal: torch.FloatTensor | None = None
     worst: torch.FloatTensor | None = None
+    epistemic: torch.FloatTensor | None = None
+    aleatoric: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def epistemic_uncertainty(means: torch.Tensor) -> torch.Tensor:
+    """The members' disagreement `[B]`: population std over the K members of their means `[B, K]`."""
+    return means.std(dim=-1, unbiased=False)
+
+
+def aleatoric_uncertainty(stds: torch.Tensor) -> torch.Tensor:
+    """The members' mean predicted std `[B]` from their stds `[B, K]`."""
+    return stds.mean(dim=-1)
 
 
 def inverse_softplus(value: float) -> float:
@@ -206,6 +223,8 @@ class BRMERewardModel(PreTrainedModel):
             stds=stds,
             nominal=nominal,
             worst=worst,
+            epistemic=epistemic_uncertainty(means),
+            aleatoric=aleatoric_uncertainty(stds),
             hidden_states=out.hidden_states if output_hidden_states else None,
             attentions=out.attentions if output_attentions else None,
         )
