@@ -154,3 +154,22 @@ def test_gradient_checkpointing_matches_plain_backward():
 def test_bad_member_settings_name_the_field(settings, match):
     with pytest.raises(Exception, match=match):
         BRMEConfig(text_config=tiny_text_config("llama", 128), **settings)
+
+
+@IDS
+def test_per_token_scores_match_the_pooled_ones(settings):
+    """A PPO value model reads the members on every token (`score_hidden`); at the last token of an unpadded row that
+    is the model's own score, whatever the member type (a lora BRME's backbone output is member-major)."""
+    from trl_robust.robust_ppo_trainer import token_values
+
+    model = make(**settings).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, MemberLoRA):
+                module.lora_B.normal_(std=0.5)
+    ids = torch.randint(1, 128, (3, 6))
+    mask = torch.ones_like(ids)
+    out = model(input_ids=ids, attention_mask=mask)
+    per_token = token_values(model, ids, mask)
+    assert per_token.shape == (3, 6)
+    torch.testing.assert_close(per_token[:, -1], out.means.mean(-1), atol=1e-5, rtol=1e-5)

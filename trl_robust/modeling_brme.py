@@ -63,7 +63,9 @@ class GaussianHeads(nn.Module):
     What every member type shares: K members' raw outputs become K means (plus, with `prior_scale > 0`, each member's
     frozen random prior, Osband et al. 2018) and K stds (`softplus + std_floor`).
 
-    Features are `[B, H]` (one pooled feature shared by all members) or `[K, B, H]` (member k reads row block k).
+    Features are `[..., H]` (shared by all members: a pooled feature `[B, H]`, or per-token hidden states `[B, T, H]`
+    as a value model reads them) or, with `per_member=True`, `[K, N, H]` (member k reads its own row block k).
+    Outputs are `[..., K]` (or `[N, K]`).
     The prior is a buffer (saved, never trained) on the layer-normalised, detached feature, with `N(0, 1/H)` weights,
     so each member's prior is of unit scale whatever the backbone's feature norm and moves no backbone weight.
     """
@@ -77,20 +79,20 @@ class GaussianHeads(nn.Module):
         if prior_scale > 0:
             self.register_buffer("prior_weight", torch.empty(num_heads, hidden_size))
 
-    def raw_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means and pre-softplus stds `[B, K]` of each member before its prior."""
+    def raw_outputs(self, features: torch.Tensor, per_member: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and pre-softplus stds `[..., K]` of each member before its prior."""
         raise NotImplementedError
 
-    def prior(self, features: torch.Tensor) -> torch.Tensor:
+    def prior(self, features: torch.Tensor, per_member: bool) -> torch.Tensor:
         x = F.layer_norm(features.detach().float(), (self.hidden_size,))
         weight = self.prior_weight.float()
-        out = x @ weight.T if x.dim() == 2 else torch.einsum("kbh,kh->bk", x, weight)
+        out = torch.einsum("knh,kh->nk", x, weight) if per_member else x @ weight.T
         return self.prior_scale * out
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        means, raw_stds = self.raw_outputs(features)
+    def forward(self, features: torch.Tensor, per_member: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        means, raw_stds = self.raw_outputs(features, per_member)
         if self.prior_scale > 0:
-            means = means + self.prior(features)
+            means = means + self.prior(features, per_member)
         return means, F.softplus(raw_stds) + self.std_floor
 
 
@@ -102,13 +104,13 @@ class BRMEHeads(GaussianHeads):
         self.weight = nn.Parameter(torch.empty(2 * num_heads, hidden_size))
         self.bias = nn.Parameter(torch.empty(2 * num_heads))
 
-    def raw_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw_outputs(self, features: torch.Tensor, per_member: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = features.to(self.weight.dtype)
-        if x.dim() == 2:
-            out = F.linear(x, self.weight, self.bias)
-        else:  # member k's rows of the weight on member k's feature
+        if per_member:  # member k's rows of the weight on member k's feature
             weight = self.weight.view(2, self.num_heads, -1)
-            out = torch.einsum("kbh,jkh->bjk", x, weight).flatten(1) + self.bias
+            out = torch.einsum("knh,jkh->njk", x, weight).flatten(1) + self.bias
+        else:
+            out = F.linear(x, self.weight, self.bias)
         return out.float().split(self.num_heads, dim=-1)
 
 
@@ -123,13 +125,12 @@ class BRMEMLPHeads(GaussianHeads):
         self.fc2_weight = nn.Parameter(torch.empty(num_heads, width, 2))
         self.fc2_bias = nn.Parameter(torch.empty(num_heads, 2))
 
-    def raw_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw_outputs(self, features: torch.Tensor, per_member: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = features.to(self.fc1_weight.dtype)
-        pattern = "bh,khw->kbw" if x.dim() == 2 else "kbh,khw->kbw"
-        hidden = F.gelu(torch.einsum(pattern, x, self.fc1_weight) + self.fc1_bias[:, None])
-        out = torch.einsum("kbw,kwo->kbo", hidden, self.fc2_weight) + self.fc2_bias[:, None]  # [K, B, 2]
-        out = out.float()
-        return out[..., 0].T, out[..., 1].T
+        pattern = "knh,khw->nkw" if per_member else "...h,khw->...kw"
+        hidden = F.gelu(torch.einsum(pattern, x, self.fc1_weight) + self.fc1_bias)
+        out = (torch.einsum("...kw,kwo->...ko", hidden, self.fc2_weight) + self.fc2_bias).float()  # [..., K, 2]
+        return out[..., 0], out[..., 1]
 
 
 class MemberLoRA(nn.Module):
@@ -341,6 +342,19 @@ class BRMERewardModel(PreTrainedModel):
             model.member_adapters.to(device=backbone.device, dtype=backbone.dtype)
         return model
 
+    def score_hidden(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The members' `(means, stds)` `[N, ..., K]` on backbone outputs `[N, ..., H]` (pooled features, or per-token
+        hidden states as a PPO value model reads them). With `head_type="lora"` the backbone's output is
+        member-major, `[K * N, ..., H]`, and member k reads its own block.
+        """
+        if self.config.head_type != "lora":
+            return self.score(hidden)
+        k = self.config.num_heads
+        means, stds = self.score(hidden.reshape(k, -1, hidden.shape[-1]), per_member=True)
+        shape = (hidden.shape[0] // k, *hidden.shape[1:-1], k)
+        return means.reshape(shape), stds.reshape(shape)
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Pick one feature vector per sequence: the first token, or the last real (non-padding) token."""
         if self.config.pooling == "first":
@@ -383,13 +397,9 @@ class BRMERewardModel(PreTrainedModel):
             backbone_kwargs["use_cache"] = False if use_cache is None else use_cache
         out = self.backbone(**backbone_kwargs)
         hidden = out.last_hidden_state
-        if self.config.head_type == "lora":  # member-major [K * B, T, H]: member k's own features
-            k = self.config.num_heads
-            mask = attention_mask.repeat(k, 1) if attention_mask is not None else None
-            features = self.pool(hidden, mask).view(k, -1, hidden.shape[-1])
-        else:
-            features = self.pool(hidden, attention_mask)
-        means, stds = self.score(features)
+        k = self.config.num_heads if self.config.head_type == "lora" else 1  # lora: a member-major [K * B, T, H]
+        mask = attention_mask.repeat(k, 1) if attention_mask is not None and k > 1 else attention_mask
+        means, stds = self.score_hidden(self.pool(hidden, mask))
         nominal = agg.nominal(means, stds)
         worst = agg.worst(means)
         robust = agg.robust(means, stds, self.config.robust_lambda)  # the one formula scorers and trainers use
