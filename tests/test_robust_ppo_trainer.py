@@ -17,7 +17,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
 
 from tests.conftest import tiny_text_config
-from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, robust_ppo_trainer
+from trl_robust import (
+    BRMEConfig,
+    BRMERewardModel,
+    HackingMonitor,
+    RobustPPOConfig,
+    RobustPPOTrainer,
+    robust_ppo_trainer,
+)
 from trl_robust.ppo_utils import position_ids_from_mask
 from trl_robust.robust_ppo_trainer import response_logits
 from trl_robust.tokenization import pad_batch
@@ -615,3 +622,25 @@ def test_value_model_starts_from_the_reward_model_when_they_share_a_tokenizer(tm
 
     value, _ = load_value_model(str(policy_dir), str(reward_dir), smol_tokenizer, bert_tokenizer, str(reward_dir))
     assert torch.equal(value.model.embed_tokens.weight, reward_embed)  # an explicit value_path wins
+
+
+def test_hacking_monitor_reads_the_rollout_scores_and_stops_the_run(tmp_path, smol_tokenizer):
+    """Every member of the constant BRME scores every answer MEANS, so each sample's epistemic uncertainty is the
+    population std of MEANS; against a reference that narrow every sample is out, the window of 8 (one update) is
+    full after update 1, and with patience 1 the alarm stops the run there."""
+    monitor = HackingMonitor([0.0, 1e-9], window=8, patience=1, action="stop")
+    recorder = LogRecorder()
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        reward_model=make_constant_brme(smol_tokenizer),
+        trainer_kwargs={"callbacks": [recorder, monitor]},
+        total_episodes=8 * 4,
+        num_ppo_epochs=1,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1 and monitor.first_alarm_step == 1
+    log = recorder.logs[-1]
+    assert log["monitor/alarm"] == 1.0 and log["monitor/frac_out"] == 1.0
+    assert log["monitor/epistemic"] == pytest.approx(torch.tensor(MEANS).std(unbiased=False).item(), abs=1e-5)
+    assert "monitor/gap" not in log  # no reference gap given: not tracked

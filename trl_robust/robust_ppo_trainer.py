@@ -39,6 +39,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
 from .modeling_brme import BRMERewardModel
+from .monitor import monitor_metrics
 from .ppo_utils import (
     PPOBatchSizes,
     apply_missing_stop_penalty,
@@ -817,7 +818,10 @@ class RobustPPOTrainer(_BaseTrainer):
             "episode": self.state.episode,
         }
         if "means" in batch:
-            metrics.update(self._robust_metrics(gather(batch["means"]), gather(batch["stds"])))
+            means, stds = gather(batch["means"]), gather(batch["stds"])
+            metrics.update(self._robust_metrics(means, stds))
+            # every update, logged or not: a HackingMonitor's window follows every rollout
+            metrics.update(monitor_metrics(self.callback_handler.callbacks, means, stds, self.state.global_step))
         return metrics
 
     def _robust_metrics(self, means: torch.Tensor, stds: torch.Tensor) -> dict[str, float]:
