@@ -16,6 +16,7 @@ from trl.trainer.utils import global_then_local_main_first
 from .brme_reward_config import BRMERewardConfig
 from .checkpointing import AtomicCheckpointMixin
 from .configuration_brme import BRMEConfig
+from .model_card import RobustModelCardMixin
 from .modeling_brme import BRMERewardModel
 from .tokenization import tokenize_for_reward
 from .validation import check_row, validate_preference_rows
@@ -104,7 +105,7 @@ def expected_calibration_error(prob_chosen: torch.Tensor, num_bins: int = 10) ->
     return ece
 
 
-class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
+class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrainer):
     """
     TRL's [`~trl.RewardTrainer`] for a [`BRMERewardModel`]: the same constructor, data formats and options, training K
     Gaussian heads on one backbone with a per-head loss (`args.brme_loss`) and per-head bootstrap weights.

@@ -41,6 +41,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from . import rewards as reward_aggregations
 from .checkpointing import atomic_checkpoint
 from .config_utils import aggregation_params
+from .model_card import RobustModelCardMixin, write_model_card
 from .modeling_brme import BRMERewardModel
 from .robust_ppo_config import RobustPPOConfig
 from .tokenization import tokenize_for_reward
@@ -487,7 +488,7 @@ def _generation_config(model: nn.Module, config: GenerationConfig):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class RobustPPOTrainer(_BaseTrainer):
+class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
     """
     Proximal Policy Optimization for RLHF (Ziegler et al. 2019; Ouyang et al. 2022) with a robust reward.
 
@@ -1191,6 +1192,7 @@ class RobustPPOTrainer(_BaseTrainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            write_model_card(self, output_dir)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
