@@ -13,6 +13,9 @@ Checks, each comparison side by side in this run on this card:
 - `fp16`: BRMERewardTrainer and RobustPPOTrainer in fp16 mixed precision: the loss scaler is active (a GPU) and the
   losses stay finite.
 
+A check that runs past its cap (`CHECK_CAPS_S`) or the run's `--deadline` is stopped (exit code 124 in the JSON; 125:
+not started, the deadline was spent), so the run stays within its budget.
+
 `--profile` runs only the PPO phase breakdown of the two RobustPPOTrainer arms (no baseline): where the GPU time goes.
 `--dry-run` runs the same code paths at tiny shapes on CPU (ZeRO-3 with `cpu_zero3.yaml` on one process; the TRL 1.12
 arm only where `--trl112-path` holds TRL 1.12); the test suite runs it (tests/test_gpu_checks.py).
@@ -24,6 +27,7 @@ arm only where `--trl112-path` holds TRL 1.12); the test suite runs it (tests/te
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,9 @@ from harness import FIRST_TOKEN_ID, REPO
 
 HERE = Path(__file__).resolve().parent
 CHECKS = ["reward", "ppo", "zero3", "fp16"]
+# Seconds each step may take on a GPU (about twice what the reference speeds of ../shared/gpu/README.md predict), so a
+# hung step cannot eat the others' time; the dry run on a shared CPU gets four times as long.
+CHECK_CAPS_S = {"reward": 150, "ppo": 240, "zero3-brme": 120, "zero3-ppo-lora": 150, "fp16": 120}
 
 
 def parse_args(argv=None):
@@ -44,10 +51,18 @@ def parse_args(argv=None):
     p.add_argument("--out", default="gpu_checks_out", help="folder for gpu_checks.json, the table and the logs")
     p.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {CHECKS}")
     p.add_argument("--trl112-path", default="/tmp/trl112", help="where TRL 1.12 is installed (pip --target)")
-    p.add_argument("--check-timeout", type=int, default=300, help="seconds each check may run")
+    p.add_argument(
+        "--deadline",
+        type=int,
+        default=None,
+        help="seconds the whole run may take (default: 540 on a GPU, the 9-minute budget; 1200 for --dry-run); "
+        "each check also has its own cap (CHECK_CAPS_S) and is stopped at whichever comes first",
+    )
     p.add_argument("--worker", choices=["zero3-brme", "zero3-ppo-lora", "fp16"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--asset", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.deadline = args.deadline or (1200 if args.dry_run else 540)
+    args.deadline_at = time.monotonic() + args.deadline
     args.checks = ["ppo"] if args.profile else [c.strip() for c in args.only.split(",") if c.strip()]
     if any(c not in CHECKS for c in args.checks):
         p.error(f"--only must be a subset of {CHECKS}, got {args.only!r}")
@@ -272,13 +287,21 @@ def _env(dry: bool) -> dict:
 def _run(name: str, cmd: list[str], args, log: Path) -> tuple[int, float]:
     t0 = time.perf_counter()
     print(f"[{name}] {' '.join(cmd)}", flush=True)
+    cap = CHECK_CAPS_S[name] * (4 if args.dry_run else 1)
+    timeout = min(cap, args.deadline_at - time.monotonic())
+    if timeout <= 0:
+        print(f"[{name}] skipped: the run's --deadline of {args.deadline} s is spent", flush=True)
+        return 125, 0.0
     with open(log, "w") as f:
+        # Its own process group, so that a stopped `accelerate launch` takes its workers (and their GPU memory) along.
+        proc = subprocess.Popen(cmd, env=_env(args.dry_run), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(
-                cmd, env=_env(args.dry_run), stdout=f, stderr=subprocess.STDOUT, timeout=args.check_timeout
-            ).returncode
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc = 124
+            print(f"[{name}] stopped after {timeout:.0f} s (its cap or the run's deadline)", flush=True)
     dt = time.perf_counter() - t0
     print(f"[{name}] exit {rc} in {dt:.0f} s (log: {log})", flush=True)
     return rc, dt

@@ -74,3 +74,13 @@ def test_profile_mode_times_only_the_robust_ppo_phases(tmp_path):
     assert report["mode"] == "profile" and set(report["checks"]) == {"ppo"}
     assert report["checks"]["ppo"]["arms"] == ["single", "brme"]
     assert set(report["checks"]["ppo"]["phases_s_per_update"]) == {"single", "brme"}
+
+
+def test_a_check_past_the_deadline_is_stopped_and_reported(tmp_path):
+    proc = run_checks(tmp_path, "--only", "fp16,zero3", "--deadline", "3", timeout=120)
+    assert proc.returncode == 1  # a check did not finish: the run is not ok
+    report = json.loads((tmp_path / "gpu_checks.json").read_text())
+    assert report["ok"] is False and report["total_wall_s"] < 30
+    assert report["checks"]["fp16"]["fp16"]["exit_code"] == 124  # stopped at the deadline
+    assert report["checks"]["zero3"]["zero3-brme"]["exit_code"] == 125  # never started: no time left
+    assert "fp16    ERR" in (tmp_path / "gpu_checks_table.txt").read_text()
