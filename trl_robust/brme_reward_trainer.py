@@ -16,6 +16,7 @@ from .brme_reward_config import BRMERewardConfig
 from .checkpointing import AtomicCheckpointMixin
 from .configuration_brme import BRMEConfig
 from .metrics import PROBIT_SCALE, expected_calibration_error, pair_probability
+from .model_card import RobustModelCardMixin
 from .modeling_brme import BRMERewardModel
 from .tokenization import tokenize_for_reward
 from .validation import check_row, validate_preference_rows
@@ -77,7 +78,7 @@ def bootstrap_weights(
     return torch.from_numpy(weights).to(input_ids.device)
 
 
-class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
+class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrainer):
     """
     TRL's [`~trl.RewardTrainer`] for a [`BRMERewardModel`]: the same constructor, data formats and options, training K
     Gaussian heads on one backbone with a per-head loss (`args.brme_loss`) and per-head bootstrap weights.

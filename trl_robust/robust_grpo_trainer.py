@@ -8,13 +8,14 @@ from trl import GRPOTrainer
 
 from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
 from .checkpointing import AtomicCheckpointMixin
+from .model_card import RobustModelCardMixin
 from .robust_grpo_config import RobustGRPOConfig
 
 # As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
-class RobustGRPOTrainer(AtomicCheckpointMixin, BRMERewardsMixin, GRPOTrainer):
+class RobustGRPOTrainer(AtomicCheckpointMixin, RobustModelCardMixin, BRMERewardsMixin, GRPOTrainer):
     """
     TRL's [`~trl.GRPOTrainer`] with a [`BRMERewardModel`] among its reward functions: the same constructor, data formats
     and options, and the BRME's reward is

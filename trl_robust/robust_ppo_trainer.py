@@ -38,6 +38,8 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
+from .fsdp import layer_classes_to_wrap, root_unsharded
+from .model_card import RobustModelCardMixin, write_model_card
 from .modeling_brme import BRMERewardModel
 from .monitor import monitor_metrics
 from .ppo_utils import (
@@ -183,6 +185,11 @@ class PolicyAndValue(nn.Module):
         self.gradient_checkpointing_kwargs = gradient_checkpointing_kwargs
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        # FSDP's TRANSFORMER_BASED_WRAP reads it from the prepared model: shard the layers of both one by one.
+        return layer_classes_to_wrap(self.policy, self.value_model)
+
+    @property
     def is_gradient_checkpointing(self) -> bool:
         return getattr(self.policy, "is_gradient_checkpointing", False)
 
@@ -235,7 +242,7 @@ def _as_model_generation_config(model: nn.Module, config: GenerationConfig):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class RobustPPOTrainer(_BaseTrainer):
+class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
     """
     Proximal Policy Optimization for RLHF (Ziegler et al. 2019; Ouyang et al. 2022) with a robust reward.
 
@@ -510,9 +517,12 @@ class RobustPPOTrainer(_BaseTrainer):
         responses = torch.full(
             (queries.shape[0], self.args.response_length), self.filler_id, dtype=torch.long, device=queries.device
         )
-        with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
-        ) as unwrapped:
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as unwrapped,
+            root_unsharded(self.model_wrapped),
+        ):
             policy = unwrapped.policy
             with _as_model_generation_config(policy, config):
                 for i in range(0, queries.shape[0], chunk):
@@ -852,7 +862,8 @@ class RobustPPOTrainer(_BaseTrainer):
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
             self.model.eval()
-            batch = self._rollout(queries, query_mask)
+            with root_unsharded(self.model_wrapped):  # FSDP2: the rollout calls the policy's and value's parts
+                batch = self._rollout(queries, query_mask)
             stats = self._ppo_epochs(batch)
 
             self.state.episode += sizes.batch_size
@@ -931,12 +942,13 @@ class RobustPPOTrainer(_BaseTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy alone (safetensors, with its config and the tokenizer), loadable with `from_pretrained`.
-        Under DeepSpeed the full weights are gathered from every rank first (ZeRO-3 needs
-        `stage3_gather_16bit_weights_on_model_save`)."""
+        Under DeepSpeed and FSDP2 the full weights are gathered from every rank first (ZeRO-3 needs
+        `stage3_gather_16bit_weights_on_model_save`, FSDP2 `fsdp_state_dict_type: FULL_STATE_DICT`)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         state_dict = None
-        if self.is_deepspeed_enabled:
-            full = self.accelerator.get_state_dict(self.deepspeed)  # collective: every rank must call it
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # FSDP2: FULL_STATE_DICT gathered onto rank 0
+            engine = self.deepspeed if self.is_deepspeed_enabled else self.model_wrapped
+            full = self.accelerator.get_state_dict(engine)  # collective: every rank must call it
             prefix = "policy."
             state_dict = {k[len(prefix) :]: v for k, v in (full or {}).items() if k.startswith(prefix)}
         if self.args.should_save:
@@ -946,6 +958,7 @@ class RobustPPOTrainer(_BaseTrainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            write_model_card(self, output_dir)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)

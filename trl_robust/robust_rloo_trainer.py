@@ -8,13 +8,14 @@ from trl import RLOOTrainer
 
 from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
 from .checkpointing import AtomicCheckpointMixin
+from .model_card import RobustModelCardMixin
 from .robust_rloo_config import RobustRLOOConfig
 
 # As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
-class RobustRLOOTrainer(AtomicCheckpointMixin, BRMERewardsMixin, RLOOTrainer):
+class RobustRLOOTrainer(AtomicCheckpointMixin, RobustModelCardMixin, BRMERewardsMixin, RLOOTrainer):
     """
     TRL's [`~trl.RLOOTrainer`] with a [`BRMERewardModel`] among its reward functions: the same constructor, data formats
     and options, and the BRME's reward is
