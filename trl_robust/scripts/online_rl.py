@@ -3,12 +3,16 @@
 from transformers import AutoTokenizer
 
 from trl_robust.recipe_parser import RecipeParser
-from trl_robust.script_args import RLScriptArguments, load_splits, prompts_only, resolve_model
+from trl_robust.script_args import RLScriptArguments, check_paths, load_splits, prompts_only, resolve_model
+
+
+def make_parser(config_cls, prog: str, description: str) -> RecipeParser:
+    return RecipeParser((RLScriptArguments, config_cls), prog=prog, description=description)
 
 
 def run(trainer_cls, config_cls, prog: str, description: str, argv: list[str] | None = None):
-    parser = RecipeParser((RLScriptArguments, config_cls), prog=prog, description=description)
-    script_args, training_args = parser.parse_recipe_and_args(argv)
+    script_args, training_args = make_parser(config_cls, prog, description).parse_recipe_and_args(argv)
+    check_paths(vars(script_args))
     train, test = load_splits(script_args)
     train, test = prompts_only(train, script_args.dataset_name), prompts_only(test, script_args.dataset_name)
     if test is None or training_args.eval_strategy == "no":

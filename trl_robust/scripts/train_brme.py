@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from trl_robust import BRMERewardConfig, BRMERewardTrainer
 from trl_robust.recipe_parser import RecipeParser
-from trl_robust.script_args import ScriptArguments, load_splits, resolve_model
+from trl_robust.script_args import ScriptArguments, check_paths, load_splits, preference_pairs, resolve_model
 
 
 def make_parser() -> RecipeParser:
@@ -18,8 +18,10 @@ def make_parser() -> RecipeParser:
 
 def main(argv: list[str] | None = None) -> BRMERewardTrainer:
     script_args, training_args = make_parser().parse_recipe_and_args(argv)
-    model_path = resolve_model(script_args.model_name_or_path)
+    check_paths(vars(script_args))
     train, test = load_splits(script_args)
+    train, test = preference_pairs(train, script_args.dataset_name), preference_pairs(test, script_args.dataset_name)
+    model_path = resolve_model(script_args.model_name_or_path)
     if test is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
     trainer = BRMERewardTrainer(
