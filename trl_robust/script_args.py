@@ -4,7 +4,8 @@ loading. Importing this module imports no torch, transformers or datasets (`trl-
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +121,17 @@ def check_model_path(name: str, field_name: str, created_by: str | None = None, 
             f"{field_name}: {name!r} is neither a folder nor an offline model. Did you mean {close[0]!r}? "
             f"Offline models: {', '.join(names)}."
         )
+
+
+@contextmanager
+def model_errors(what: str) -> Iterator[None]:
+    """An `OSError` of `from_pretrained` (a hub id that does not exist or cannot be reached offline, a folder that
+    lacks a file) as a one-line `RecipeError` that starts with `what`: the field(s) and the name(s) given."""
+    try:
+        yield
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecipeError(f"{what}: cannot load the model: {first}") from error
 
 
 def _has_no_rows(path: Path) -> bool:

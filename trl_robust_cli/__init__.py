@@ -7,7 +7,6 @@ before a command runs.
 """
 
 import os
-import sys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +16,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # only this import defers: a later `import trl_robust` elsewhere (a subprocess) registers as usual
         del os.environ["TRL_ROBUST_DEFER_REGISTRATION"]
     return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

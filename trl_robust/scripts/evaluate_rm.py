@@ -14,7 +14,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl_robust.evaluation import evaluate_reward_model
 from trl_robust.recipe_checks import RecipeError
 from trl_robust.recipe_parser import RecipeParser
-from trl_robust.script_args import ScriptArguments, check_paths, load_splits, preference_pairs, resolve_model
+from trl_robust.script_args import (
+    ScriptArguments,
+    check_paths,
+    load_splits,
+    model_errors,
+    preference_pairs,
+    resolve_model,
+)
 
 
 @dataclass
@@ -60,8 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     _, pairs = load_splits(args)  # the data first: its errors cost no model load
     pairs = preference_pairs(pairs, args.dataset_name)
     path = resolve_model(args.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    with model_errors(f"model_name_or_path {args.model_name_or_path!r}"):
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
     metrics = evaluate_reward_model(
         model,
         tokenizer,
