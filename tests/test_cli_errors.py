@@ -170,3 +170,32 @@ def test_no_evaluation_split_has_a_command_line_spelling(spelling):
     )
     assert script_args.dataset_test_split is None
     assert ScriptArguments(dataset_test_split="test").dataset_test_split == "test"
+
+
+def test_every_flag_form_the_full_parser_takes_passes_the_early_check():
+    argv = [
+        "--num-heads",
+        "3",
+        "--learning_rate=1e-4",
+        "--gradient_checkpointing",
+        "--no_remove_unused_columns",
+        "--report_to",
+        "none",
+        "--bf16",
+        "false",
+        "--max_train_samples",
+        "-1",
+    ]
+    values = recipe_checks.check_flags(argv, recipe_checks.command_specs("reward"))
+    assert values == {
+        "num_heads": 3,
+        "learning_rate": 1e-4,
+        "gradient_checkpointing": True,
+        "remove_unused_columns": False,
+        "report_to": ["none"],
+        "bf16": False,
+        "max_train_samples": -1,
+    }
+    _, config = train_brme.make_parser().parse_recipe_and_args(argv[:-2] + ["--output_dir", "unused"])
+    assert (config.num_heads, config.learning_rate, config.bf16) == (3, 1e-4, False)
+    assert config.remove_unused_columns is False

@@ -196,6 +196,7 @@ def check_flags(args: list[str], specs: Mapping[str, dict]) -> dict:
         if not token.startswith("--"):
             raise RecipeError(f"Unexpected argument {token!r}: give every field as --name value.")
         name, has_value, inline = token[2:].partition("=")
+        name = name.replace("-", "_")  # HfArgumentParser also takes --num-heads for num_heads
         given = [inline] if has_value else []
         at += 1
         while not has_value and at < len(args) and not args[at].startswith("--"):
