@@ -199,3 +199,11 @@ def test_every_flag_form_the_full_parser_takes_passes_the_early_check():
     _, config = train_brme.make_parser().parse_recipe_and_args(argv[:-2] + ["--output_dir", "unused"])
     assert (config.num_heads, config.learning_rate, config.bf16) == (3, 1e-4, False)
     assert config.remove_unused_columns is False
+
+
+def test_config_equals_path_is_read_like_config_path(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("num_heads: 2\n")
+    path = str(tmp_path / "recipe.yaml")
+    assert recipe_checks.split_config([f"--config={path}", "--seed", "1"]) == (path, ["--seed", "1"])
+    _, config = train_brme.make_parser().parse_recipe_and_args([f"--config={path}", "--output_dir", "unused"])
+    assert config.num_heads == 2

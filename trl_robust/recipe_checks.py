@@ -157,7 +157,10 @@ def read_recipe(path: str | os.PathLike) -> dict:
 
 
 def split_config(args: list[str]) -> tuple[str | None, list[str]]:
-    """The `--config` path (or None) and the other arguments."""
+    """The `--config` path (or None) and the other arguments (`--config=path` works too)."""
+    for at, token in enumerate(args):
+        if token.startswith("--config="):
+            return token.partition("=")[2], args[:at] + args[at + 1 :]
     if "--config" not in args:
         return None, args
     at = args.index("--config")

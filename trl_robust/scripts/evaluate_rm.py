@@ -36,6 +36,13 @@ class EvaluateArguments(ScriptArguments):
             ".json/.jsonl/.parquet/.csv file, a folder saved with save_to_disk, or a hub dataset id."
         },
     )
+    dataset_test_split: str | None = field(
+        default="test",
+        metadata={
+            "help": "Split of the pairs to evaluate; 'none' (null in a recipe): the train split, the only one a "
+            ".json/.jsonl/.parquet/.csv file has."
+        },
+    )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where the report is written."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Drop (and count) pairs longer than this."})
