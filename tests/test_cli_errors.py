@@ -207,3 +207,23 @@ def test_config_equals_path_is_read_like_config_path(tmp_path):
     assert recipe_checks.split_config([f"--config={path}", "--seed", "1"]) == (path, ["--seed", "1"])
     _, config = train_brme.make_parser().parse_recipe_and_args([f"--config={path}", "--output_dir", "unused"])
     assert config.num_heads == 2
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((ROOT / "recipes").glob("**/*.yaml")), ids=lambda p: p.parent.name + "/" + p.name
+)
+def test_the_early_check_passes_every_shipped_recipe(recipe, monkeypatch):
+    command = {"brme": "reward", "ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "overoptimization": "overoptimization"}
+    specs = recipe_checks.command_specs(command[next(k for k in command if recipe.stem.startswith(k))])
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # a recipe's env: mapping stays in this test
+    recipe_checks.check_values(recipe_checks.read_recipe(recipe), specs, str(recipe))
+
+
+def test_the_early_check_passes_the_dry_run_flags_of_the_recipes_page():
+    text = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
+    block = text.split("## A dry run first", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c[1] for c in commands] == ["reward", "ppo", "grpo"]
+    for command in commands:
+        _, flags = recipe_checks.split_config(command[2:])
+        recipe_checks.check_flags(flags, recipe_checks.command_specs(command[1]))

@@ -172,6 +172,8 @@ def split_config(args: list[str]) -> tuple[str | None, list[str]]:
 def _convert(name: str, text: str, spec: dict):
     """One command-line value as the parser will read it, or a `RecipeError` naming the flag."""
     kinds = spec["types"] or []
+    if not kinds or "str" in kinds:  # any text is a str; the full parser decides how a `str | bool` field reads it
+        return text
     if "bool" in kinds:
         if text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
@@ -185,8 +187,6 @@ def _convert(name: str, text: str, spec: dict):
             return int(text)
         except ValueError:
             pass
-    else:
-        return text
     raise RecipeError(f"--{name} must be {' or '.join(k for k in kinds if k != 'null')}, got {text!r}.")
 
 
