@@ -67,7 +67,10 @@ def test_brme_reward_trainer_card(tmp_path, smol_tokenizer, brme_dir):
     assert "| Lambda | 0.25 |" in text
     assert "`robust` (the BRME's logits)" in text
     assert "`bt` per head, `poisson` bootstrap" in text
-    # the card TRL writes into output_dir is the extended one too (checkpoints and push_to_hub use it)
+    # saving elsewhere leaves the run folder as it was ...
+    assert not (tmp_path / "run" / "README.md").exists()
+    # ... and the card TRL writes into output_dir (checkpoints and push_to_hub call this) is the extended one too
+    trainer.create_model_card(model_name="run")  # the name TRL gives it: the run folder's
     assert (tmp_path / "run" / "README.md").read_text() == text
 
 

@@ -8,7 +8,7 @@ from tests.conftest import tiny_text_config
 from trl_robust.scripts import quickstart
 
 
-def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer):
+def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer, capsys):
     torch.manual_seed(0)
     tiny = tmp_path / "tiny"
     LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(tiny)
@@ -48,6 +48,26 @@ def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer):
     ppo = saved["robust_ppo"]
     assert ppo["end"]["episode"] == 8 and "robust/worst" in ppo["end"]
     assert (out / "ppo_policy" / "model.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir()) == [  # no empty trainer output folders left behind
+        "brme",
+        "brme_training.png",
+        "ppo_policy",
+        "robust_ppo.png",
+        "summary.json",
+    ]
+    printed = capsys.readouterr().out
+    assert f"writes {out}/" in printed and " MB  the PPO policy (fp32)" in printed
+    assert "Next, on this BRME: trl-robust ppo --config recipes/quickstart/ppo.yaml --reward_model_path" in printed
+
+
+def test_bad_options_stop_before_anything_runs(capsys):
+    for argv, message in [
+        (["--num-heads", "0"], "argument --num-heads: must be an integer >= 1, got 0"),
+        (["--backbone", "smollm"], "Did you mean 'smollm2'?"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            quickstart.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_offline_models_answer_to_their_short_and_full_names(tmp_path):

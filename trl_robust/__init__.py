@@ -1,40 +1,50 @@
 """trl-robust: reward-robust RLHF (arXiv 2409.15360) for Hugging Face TRL."""
 
-from .brme_reward_config import BRMERewardConfig
-from .brme_reward_trainer import BRMERewardTrainer
-from .configuration_brme import BRMEConfig
-from .data import load_hh_rlhf_harmless
-from .evaluation import evaluate_reward_model
-from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
-from .monitor import HackingMonitor
-from .robust_grpo_config import RobustGRPOConfig
-from .robust_grpo_trainer import RobustGRPOTrainer
-from .robust_ppo_config import RobustPPOConfig
-from .robust_ppo_trainer import RobustPPOTrainer
-from .robust_rloo_config import RobustRLOOConfig
-from .robust_rloo_trainer import RobustRLOOTrainer
-from .scoring import BRMEScorer, BRMEScores
+import importlib
+import os
 
 __version__ = "0.1.0"
 
-register_auto_classes()
+# Public name -> module. `import trl_robust` imports them all and registers the BRME with transformers' Auto classes;
+# only the `trl-robust` console script defers both (they import torch), and then names load on first use (PEP 562).
+_EXPORTS = {
+    "BRMEConfig": "configuration_brme",
+    "BRMEOutput": "modeling_brme",
+    "BRMERewardConfig": "brme_reward_config",
+    "BRMERewardModel": "modeling_brme",
+    "BRMERewardTrainer": "brme_reward_trainer",
+    "BRMEScorer": "scoring",
+    "BRMEScores": "scoring",
+    "HackingMonitor": "monitor",
+    "RobustGRPOConfig": "robust_grpo_config",
+    "RobustGRPOTrainer": "robust_grpo_trainer",
+    "RobustPPOConfig": "robust_ppo_config",
+    "RobustPPOTrainer": "robust_ppo_trainer",
+    "RobustRLOOConfig": "robust_rloo_config",
+    "RobustRLOOTrainer": "robust_rloo_trainer",
+    "evaluate_reward_model": "evaluation",
+    "load_hh_rlhf_harmless": "data",
+    "register_auto_classes": "modeling_brme",
+}
 
-__all__ = [
-    "BRMEConfig",
-    "BRMEOutput",
-    "BRMERewardConfig",
-    "BRMERewardModel",
-    "BRMERewardTrainer",
-    "BRMEScorer",
-    "BRMEScores",
-    "HackingMonitor",
-    "RobustGRPOConfig",
-    "RobustGRPOTrainer",
-    "RobustPPOConfig",
-    "RobustPPOTrainer",
-    "RobustRLOOConfig",
-    "RobustRLOOTrainer",
-    "__version__",
-    "evaluate_reward_model",
-    "load_hh_rlhf_harmless",
-]
+__all__ = sorted([name for name in _EXPORTS if name != "register_auto_classes"] + ["__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trl_robust' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+# The `trl-robust` console script (trl_robust_cli) defers this until its checks of the command line have passed.
+if os.environ.get("TRL_ROBUST_DEFER_REGISTRATION") != "1":
+    for _name in _EXPORTS:
+        __getattr__(_name)
+    __getattr__("register_auto_classes")()
+    del _name

@@ -187,13 +187,21 @@ def write_model_card(trainer, output_dir: str | None = None) -> None:
     """
     if not trainer.is_world_process_zero():
         return
-    os.makedirs(trainer.args.output_dir, exist_ok=True)
+    run_dir = trainer.args.output_dir
+    source = os.path.join(run_dir, CARD_NAME)
+    made_dir, had_card = not os.path.isdir(run_dir), os.path.exists(source)
+    os.makedirs(run_dir, exist_ok=True)
     trainer.create_model_card(model_name=card_model_name(trainer))
-    source = os.path.join(trainer.args.output_dir, CARD_NAME)
     extend_model_card(trainer, source)  # a no-op where create_model_card extended it already (the mixin)
-    if output_dir is not None and os.path.abspath(output_dir) != os.path.abspath(trainer.args.output_dir):
+    if output_dir is not None and os.path.abspath(output_dir) != os.path.abspath(run_dir):
         os.makedirs(output_dir, exist_ok=True)
         shutil.copyfile(source, os.path.join(output_dir, CARD_NAME))
+        # The card was only passing through the run folder: leave that folder as it was (e.g. no README.md in a
+        # checkpoint folder that save_strategy "no" leaves empty, and no empty folder).
+        if not had_card:
+            os.remove(source)
+        if made_dir and not os.listdir(run_dir):
+            os.rmdir(run_dir)
 
 
 class RobustModelCardMixin:

@@ -88,7 +88,12 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Whether to push the model to the Hub."})
     reward_model_path: str = field(
-        default="EleutherAI/pythia-160m", metadata={"help": "Path to the reward model (kept for old scripts)."}
+        default="outputs/quickstart/brme",
+        metadata={
+            "help": "Reward model that `trl-robust ppo` loads: a BRME folder as `trl-robust quickstart` or `trl-robust "
+            "reward` saved it (its heads are aggregated as reward_aggregation says), or a plain one-output reward "
+            "model (its score). The default is the quickstart's BRME. RobustPPOTrainer itself takes the model object."
+        },
     )
     model_adapter_name: str | None = field(
         default=None, metadata={"help": "Name of the trained adapter when the policy is a PeftModel."}

@@ -12,8 +12,16 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_robust.evaluation import evaluate_reward_model
+from trl_robust.recipe_checks import RecipeError
 from trl_robust.recipe_parser import RecipeParser
-from trl_robust.script_args import ScriptArguments, load_splits, resolve_model
+from trl_robust.script_args import (
+    ScriptArguments,
+    check_paths,
+    load_splits,
+    model_errors,
+    preference_pairs,
+    resolve_model,
+)
 
 
 @dataclass
@@ -28,6 +36,13 @@ class EvaluateArguments(ScriptArguments):
             ".json/.jsonl/.parquet/.csv file, a folder saved with save_to_disk, or a hub dataset id."
         },
     )
+    dataset_test_split: str | None = field(
+        default="test",
+        metadata={
+            "help": "Split of the pairs to evaluate; 'none' (null in a recipe): the train split, the only one a "
+            ".json/.jsonl/.parquet/.csv file has."
+        },
+    )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where the report is written."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Drop (and count) pairs longer than this."})
@@ -37,17 +52,31 @@ class EvaluateArguments(ScriptArguments):
     calibration_bins: int = field(default=10, metadata={"help": "Confidence bins of ECE and the reliability plot."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("batch_size", "calibration_bins"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise RecipeError(f"max_length must be >= 1 (or unset), got {self.max_length!r}.")
+        if self.robust_lambda is not None and not 0.0 <= self.robust_lambda <= 1.0:
+            raise RecipeError(f"robust_lambda must be in [0, 1] (or unset), got {self.robust_lambda!r}.")
+
+
+def make_parser() -> RecipeParser:
+    return RecipeParser((EvaluateArguments,), prog="trl-robust evaluate", description=__doc__)
+
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = RecipeParser((EvaluateArguments,), prog="trl-robust evaluate", description=__doc__).parse_recipe_and_args(
-        argv
-    )
+    (args,) = make_parser().parse_recipe_and_args(argv)
+    check_paths(vars(args), "evaluate")
+    args.dataset_test_split = args.dataset_test_split or args.dataset_train_split
+    _, pairs = load_splits(args)  # the data first: its errors cost no model load
+    pairs = preference_pairs(pairs, args.dataset_name)
     path = resolve_model(args.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-    split = args.dataset_test_split or args.dataset_train_split
-    args.dataset_test_split = split
-    _, pairs = load_splits(args)
+    with model_errors(f"model_name_or_path {args.model_name_or_path!r}"):
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
     metrics = evaluate_reward_model(
         model,
         tokenizer,

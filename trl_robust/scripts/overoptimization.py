@@ -12,12 +12,16 @@ gold_vs_sqrt_kl.png to --output_dir.
 from trl_robust.overoptimization import run_overoptimization
 from trl_robust.overoptimization_config import OverOptimizationConfig
 from trl_robust.recipe_parser import RecipeParser
+from trl_robust.script_args import check_paths
+
+
+def make_parser() -> RecipeParser:
+    return RecipeParser((OverOptimizationConfig,), prog="trl-robust overoptimization", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (config,) = RecipeParser(
-        (OverOptimizationConfig,), prog="trl-robust overoptimization", description=__doc__
-    ).parse_recipe_and_args(argv)
+    (config,) = make_parser().parse_recipe_and_args(argv)
+    check_paths(vars(config))
     return run_overoptimization(config)
 
 

@@ -12,20 +12,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl_robust.offline_models import cache_dir
+from trl_robust.recipe_checks import RecipeError
+from trl_robust.script_args import check_model_path, resolve_model
 
-from trl_robust import (
-    BRMERewardConfig,
-    BRMERewardModel,
-    BRMERewardTrainer,
-    RobustPPOConfig,
-    RobustPPOTrainer,
-    load_hh_rlhf_harmless,
-)
-from trl_robust.plotting import plot_log_history
-from trl_robust.robust_ppo_trainer import load_value_model
-from trl_robust.script_args import resolve_model
+# torch, transformers and the trainers are imported inside the functions that use them, after the options are checked,
+# so that a bad option is reported at once.
 
 # Short names of the offline models; their full names (as in the recipes) work too.
 SHORT_NAMES = {"minilm": "all-minilm-l6-v2", "smollm2": "smollm2-135m-instruct"}
@@ -50,8 +42,41 @@ PPO_REPORTED = [
 ]
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+_unit_interval.__name__ = "float"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+_positive_float.__name__ = "float"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="trl-robust quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--backbone",
         default="minilm",
@@ -61,24 +86,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--policy", default="smollm2", help="PPO policy: 'smollm2' (or 'smollm2-135m-instruct'), a path, a hub id"
     )
     parser.add_argument("--output-dir", default="outputs/quickstart", help="where models, metrics and plots go")
-    parser.add_argument("--num-heads", type=int, default=5, help="Gaussian heads K")
-    parser.add_argument("--robust-lambda", type=float, default=0.4, help="weight of the nominal reward")
-    parser.add_argument("--epochs", type=float, default=1.0, help="reward model: passes over the training pairs")
-    parser.add_argument("--max-train-pairs", type=int, default=None, help="reward model: use only this many pairs")
-    parser.add_argument("--max-length", type=int, default=128, help="reward model: longer pairs (tokens) are dropped")
-    parser.add_argument("--batch-size", type=int, default=16, help="reward model: pairs per step")
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="reward model learning rate")
-    parser.add_argument("--ppo-updates", type=int, default=8, help="PPO updates (0: reward model only)")
-    parser.add_argument("--ppo-batch-size", type=int, default=8, help="prompts per PPO update")
-    parser.add_argument("--response-length", type=int, default=24, help="PPO: new tokens per response")
-    parser.add_argument("--ppo-learning-rate", type=float, default=3e-6)
+    parser.add_argument("--num-heads", type=_at_least(1), default=5, help="Gaussian heads K")
+    parser.add_argument("--robust-lambda", type=_unit_interval, default=0.4, help="weight of the nominal reward")
+    parser.add_argument("--epochs", type=_positive_float, default=1.0, help="reward model: passes over the pairs")
+    parser.add_argument("--max-train-pairs", type=_at_least(1), default=None, help="reward model: only this many pairs")
+    parser.add_argument("--max-length", type=_at_least(8), default=128, help="reward model: longer pairs are dropped")
+    parser.add_argument("--batch-size", type=_at_least(1), default=16, help="reward model: pairs per step")
+    parser.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="reward model learning rate")
+    parser.add_argument("--ppo-updates", type=_at_least(0), default=8, help="PPO updates (0: reward model only)")
+    parser.add_argument("--ppo-batch-size", type=_at_least(1), default=8, help="prompts per PPO update")
+    parser.add_argument("--response-length", type=_at_least(1), default=24, help="PPO: new tokens per response")
+    parser.add_argument("--ppo-learning-rate", type=_positive_float, default=3e-6)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # a typo'd folder or model name, before anything is imported or loaded
+        check_model_path(args.backbone, "--backbone", known=SHORT_NAMES)
+        check_model_path(args.policy, "--policy", known=SHORT_NAMES)
+    except RecipeError as error:
+        parser.error(str(error))
+    if Path(args.output_dir).is_file():
+        parser.error(f"--output-dir: {args.output_dir!r} is a file; give a folder.")
+    return args
 
 
 def model_path(name: str) -> str:
     """An offline model's folder for its short or full name; anything else is returned as given."""
     return resolve_model(SHORT_NAMES.get(name, name))
+
+
+def folder_size(path: Path) -> str:
+    """Disk use of a file or folder, as '87 MB'."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return f"{sum(p.stat().st_size for p in files) / 1e6:,.0f} MB"
+
+
+def remove_if_empty(path: Path) -> None:
+    """A trainer's output_dir that got nothing (save_strategy "no"): leave no empty folder behind."""
+    try:
+        path.rmdir()
+    except OSError:  # missing, or not empty: keep whatever is in it
+        pass
 
 
 def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
@@ -88,6 +135,12 @@ def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
 
 
 def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    from trl_robust import BRMERewardConfig, BRMERewardModel, BRMERewardTrainer, load_hh_rlhf_harmless
+    from trl_robust.plotting import plot_log_history
+
     path = model_path(args.backbone)
     print(f"[trl-robust] 1/2 BRME reward model on {path}")
     # Prompts cut to their last Human turn keep inputs short; the replies the humans compared stay whole.
@@ -127,6 +180,7 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
     brme_dir = out / "brme"
     trainer.save_model(str(brme_dir))
     tokenizer.save_pretrained(str(brme_dir))
+    remove_if_empty(out / "brme_checkpoints")
 
     rows = [(name, before[f"eval_{name}"], after[f"eval_{name}"]) for name in RM_REPORTED]
     rows += [
@@ -155,6 +209,12 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
 
 
 def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_robust import BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
+    from trl_robust.plotting import plot_log_history
+    from trl_robust.robust_ppo_trainer import load_value_model
+
     policy_path = model_path(args.policy)
     print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
@@ -195,6 +255,7 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     trainer.train()
     trainer.save_model(str(out / "ppo_policy"))
     tokenizer.save_pretrained(str(out / "ppo_policy"))
+    remove_if_empty(out / "ppo")
     logs = [entry for entry in trainer.state.log_history if "robust/robust" in entry]
     print_table(
         f"Robust PPO over {len(logs)} updates ({config.total_episodes} episodes)",
@@ -216,13 +277,33 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
+    models = [args.backbone] + ([args.policy] if args.ppo_updates > 0 else [])
+    uses_smollm2 = "smollm2-135m-instruct" in [SHORT_NAMES.get(name, name) for name in models]
+    smollm2_cache = cache_dir() / "smollm2-135m-instruct"
+    policy = "ppo_policy/ (the PPO policy in fp32: about 0.54 GB for SmolLM2-135M), " if args.ppo_updates else ""
+    print(f"[trl-robust] writes {out}/: brme/ (the reward model), {policy}summary.json and plots.")
+    if uses_smollm2 and not smollm2_cache.exists():
+        print(
+            f"[trl-robust] first run: converts SmolLM2-135M-Instruct once to {smollm2_cache} (about 0.54 GB, reused "
+            "by later runs; set TRL_ROBUST_CACHE to put it elsewhere)."
+        )
     brme_dir, reward_summary = train_reward_model(args, out)
     summary = {"reward_model": reward_summary, "model_dir": brme_dir, "plots": [str(out / "brme_training.png")]}
     if args.ppo_updates > 0:
         summary["robust_ppo"] = run_robust_ppo(args, out, brme_dir)
         summary["plots"].append(str(out / "robust_ppo.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"\nReward model: {brme_dir}\nPlots: {', '.join(summary['plots'])}\nMetrics: {out / 'summary.json'}")
+    print(f"\nWrote {out}/ ({folder_size(out)}):\n  {brme_dir}  {folder_size(Path(brme_dir))}  the BRME reward model")
+    if args.ppo_updates > 0:
+        print(f"  {out / 'ppo_policy'}  {folder_size(out / 'ppo_policy')}  the PPO policy (fp32)")
+    print(f"  {out / 'summary.json'}, {', '.join(summary['plots'])}")
+    if uses_smollm2 and smollm2_cache.exists():
+        print(f"Cache: {smollm2_cache}  {folder_size(smollm2_cache)}  SmolLM2-135M-Instruct, converted once, reused")
+    flag = "" if Path(brme_dir) == Path("outputs/quickstart/brme") else f" --reward_model_path {brme_dir}"
+    print(
+        f"Next, on this BRME: trl-robust ppo --config recipes/quickstart/ppo.yaml{flag} (or grpo.yaml, rloo.yaml); "
+        f"trl-robust evaluate --model_name_or_path {brme_dir}"
+    )
     return summary
 
 

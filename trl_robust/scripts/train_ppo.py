@@ -12,7 +12,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl_robust import RobustPPOConfig, RobustPPOTrainer
 from trl_robust.recipe_parser import RecipeParser
 from trl_robust.robust_ppo_trainer import load_value_model
-from trl_robust.script_args import PromptScriptArguments, load_splits, prompts_only, resolve_model
+from trl_robust.script_args import (
+    PromptScriptArguments,
+    check_paths,
+    load_splits,
+    model_errors,
+    prompts_only,
+    resolve_model,
+)
 
 
 @dataclass
@@ -52,14 +59,20 @@ def load_models(script_args: PPOScriptArguments, training_args: RobustPPOConfig)
     }
 
 
+def make_parser() -> RecipeParser:
+    return RecipeParser((PPOScriptArguments, RobustPPOConfig), prog="trl-robust ppo", description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> RobustPPOTrainer:
-    parser = RecipeParser((PPOScriptArguments, RobustPPOConfig), prog="trl-robust ppo", description=__doc__)
-    script_args, training_args = parser.parse_recipe_and_args(argv)
+    script_args, training_args = make_parser().parse_recipe_and_args(argv)
+    check_paths({**vars(script_args), "reward_model_path": training_args.reward_model_path})
     train, test = load_splits(script_args)
     train, test = prompts_only(train, script_args.dataset_name), prompts_only(test, script_args.dataset_name)
-    trainer = RobustPPOTrainer(
-        args=training_args, train_dataset=train, eval_dataset=test, **load_models(script_args, training_args)
-    )
+    names = f"model_name_or_path {script_args.model_name_or_path!r}"
+    names += f" or reward_model_path {training_args.reward_model_path!r}"
+    with model_errors(names):
+        models = load_models(script_args, training_args)
+    trainer = RobustPPOTrainer(args=training_args, train_dataset=train, eval_dataset=test, **models)
     trainer.train()
     trainer.save_model(training_args.output_dir)
     trainer.processing_class.save_pretrained(training_args.output_dir)

@@ -6,11 +6,16 @@ Robust RLOO: optimise a policy on a BRME's aggregated reward with `RobustRLOOTra
 """
 
 from trl_robust import RobustRLOOConfig, RobustRLOOTrainer
-from trl_robust.scripts.online_rl import run
+from trl_robust.recipe_parser import RecipeParser
+from trl_robust.scripts import online_rl
+
+
+def make_parser() -> RecipeParser:
+    return online_rl.make_parser(RobustRLOOConfig, "trl-robust rloo", __doc__)
 
 
 def main(argv: list[str] | None = None) -> RobustRLOOTrainer:
-    return run(RobustRLOOTrainer, RobustRLOOConfig, "trl-robust rloo", __doc__, argv)
+    return online_rl.run(RobustRLOOTrainer, RobustRLOOConfig, "trl-robust rloo", __doc__, argv)
 
 
 if __name__ == "__main__":
