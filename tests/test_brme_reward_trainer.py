@@ -9,7 +9,7 @@ from trl import RewardConfig, RewardTrainer
 
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
-from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses
+from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses, gaussian_regression_losses
 from trl_robust.metrics import expected_calibration_error
 
 
@@ -327,3 +327,84 @@ def test_a_string_model_gets_the_same_heads_for_the_same_seed(tmp_path, smol_tok
         trainer = BRMERewardTrainer(model=str(plain), args=config(tmp_path / str(run), seed=seed), train_dataset=data)
         heads.append(trainer.model.score.weight.detach().clone())
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_gaussian_regression_losses_match_sampling():
+    mc, mr = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.2, 0.5]])
+    sc, sr = torch.tensor([[0.3, 1.0]]), torch.tensor([[0.4, 2.0]])
+    target = torch.tensor([2.0])
+    closed = gaussian_regression_losses(mc, sc, mr, sr, target)
+    torch.testing.assert_close(closed, (mc - 2) ** 2 + sc**2 + (mr + 2) ** 2 + sr**2)
+    torch.manual_seed(0)
+    eps = torch.randn(200_000, 2, 1, 2)
+    sampled = ((mc + sc * eps[:, 0] - 2) ** 2 + (mr + sr * eps[:, 1] + 2) ** 2).mean(0)
+    torch.testing.assert_close(closed, sampled, atol=0.05, rtol=0.02)
+
+
+def test_bt_then_gaussian_trains_bt_then_regresses_onto_frozen_targets(tmp_path, smol_tokenizer):
+    model = tiny_brme(smol_tokenizer)
+    data = Dataset.from_list(preference_rows(48))
+    trainer = BRMERewardTrainer(
+        model=model,
+        args=config(tmp_path, num_train_epochs=4, brme_loss="bt_then_gaussian", bt_phase_fraction=0.5),
+        train_dataset=data,
+        processing_class=smol_tokenizer,
+    )
+    std_bias = trainer.model.score.bias[3:].detach().clone()
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    phases = [entry["bt_phase"] for entry in logs]
+    assert phases[: len(phases) // 2] == [1.0] * (len(phases) // 2) and phases[-1] == 2.0
+    targets = trainer._bt_targets
+    assert targets is not None and len(targets) == 48 and all(0.0 < p < 1.0 for p in targets.values())
+    # Phase 1 learned the task: the frozen teacher prefers the chosen side of every pair.
+    assert min(targets.values()) > 0.5
+    # Phase 2 moved the means towards +-10 (p - 0.5) and the stds (which get no BT signal in phase 1) down.
+    means_c, means_r, stds_c, _ = trainer._score_pairs(trainer.model, *trainer._pair_ids(trainer.train_dataset))
+    assert (means_c > means_r).all()
+    assert trainer.model.score.bias[3:].mean() < std_bias.mean()
+    phase_two = [entry["loss"] for entry in logs if entry["bt_phase"] == 2.0]
+    assert phase_two[-1] < phase_two[0]
+
+
+def test_calibration_fits_a_temperature_and_saves_it(tmp_path, smol_tokenizer):
+    data = Dataset.from_list(preference_rows(48))
+    trainer = BRMERewardTrainer(
+        model=tiny_brme(smol_tokenizer),
+        args=config(tmp_path, num_train_epochs=3, eval_strategy="no"),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        processing_class=smol_tokenizer,
+    )
+    trainer.train()
+    temperature = trainer.model.config.calibration_temperature
+    assert temperature != 1.0
+    logged = [entry for entry in trainer.state.log_history if "calibration_temperature" in entry][-1]
+    assert logged["calibration_temperature"] == temperature
+    assert logged["eval_calibrated_ece"] <= logged["eval_calibration_ece"] + 1e-9
+    trainer.save_model(tmp_path / "saved")
+    assert BRMERewardModel.from_pretrained(tmp_path / "saved").config.calibration_temperature == temperature
+
+    off = BRMERewardTrainer(
+        model=tiny_brme(smol_tokenizer),
+        args=config(tmp_path / "off", max_steps=1, calibrate=False),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        processing_class=smol_tokenizer,
+    )
+    off.train()
+    assert off.model.config.calibration_temperature == 1.0
+    assert not any("calibration_temperature" in entry for entry in off.state.log_history)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("brme_loss", "paper", "brme_loss"),
+        ("bt_phase_fraction", 1.0, "bt_phase_fraction"),
+        ("bt_target_scale", 0.0, "bt_target_scale"),
+    ],
+)
+def test_paper_recipe_settings_are_checked(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **{field: value})

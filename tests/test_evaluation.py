@@ -9,7 +9,7 @@ from transformers import LlamaForSequenceClassification
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardModel, cli
 from trl_robust.evaluation import evaluate_reward_model, preference_metrics
-from trl_robust.metrics import auroc, reliability_bins
+from trl_robust.metrics import auroc, expected_calibration_error, fit_temperature, pair_probability, reliability_bins
 
 
 def test_auroc_by_hand():
@@ -96,3 +96,25 @@ def test_evaluate_subcommand(tmp_path, smol_tokenizer):
     ]
     assert cli.main(argv) == 0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["pairs"] == 6
+
+
+def test_fit_temperature_repairs_an_overconfident_model():
+    torch.manual_seed(0)
+    true_gap = torch.randn(2000, 1) * 1.5
+    won = torch.rand(2000, 1) < torch.sigmoid(true_gap)
+    gap = torch.where(won, true_gap, -true_gap)  # the chosen side is the winner: flip the pairs it lost
+    overconfident = 5.0 * gap  # logits scaled by 5
+    var = torch.zeros_like(gap)
+    before = expected_calibration_error(pair_probability(overconfident, var).mean(-1))
+    temperature = fit_temperature(overconfident, var)
+    after = expected_calibration_error(pair_probability(overconfident, var, temperature).mean(-1))
+    assert temperature == pytest.approx(5.0, rel=0.15)
+    assert after < 0.3 * before
+    assert fit_temperature(overconfident, var) == temperature  # deterministic
+    # The temperature divides the sampled gap: the std shrinks by T too.
+    torch.testing.assert_close(
+        pair_probability(torch.tensor([2.0]), torch.tensor([4.0]), 2.0),
+        pair_probability(torch.tensor([1.0]), torch.tensor([1.0])),
+    )
+    with pytest.raises(ValueError, match="low"):
+        fit_temperature(gap, var, low=2.0)

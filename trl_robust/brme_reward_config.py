@@ -1,5 +1,6 @@
 """Configuration of the BRMERewardTrainer."""
 
+import math
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
@@ -7,7 +8,7 @@ from trl import RewardConfig
 from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 from .config_utils import resolve_bf16
 
-BRME_LOSSES = ("gaussian_bt", "reparam", "bt")
+BRME_LOSSES = ("gaussian_bt", "reparam", "bt", "bt_then_gaussian")
 BOOTSTRAPS = ("bayesian", "poisson", "none")
 
 
@@ -21,10 +22,17 @@ class BRMERewardConfig(RewardConfig):
         robust_lambda (`float`, defaults to 0.4): Weight of the nominal reward in the robust reward of a new BRME.
         std_floor (`float`, defaults to 1e-3): Lower bound of every predicted std of a new BRME.
         init_std (`float`, defaults to 1.0): Std every head of a new BRME predicts at initialisation.
-        brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"` or `"bt"`.
+        brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"`, `"bt"` or `"bt_then_gaussian"`
+            (the paper's two-stage recipe in one run).
+        bt_phase_fraction (`float`, defaults to 0.5): For `"bt_then_gaussian"`: share of the optimiser steps of the
+            Bradley-Terry phase.
+        bt_target_scale (`float`, defaults to 10.0): For `"bt_then_gaussian"`: alpha of the regression targets
+            `alpha * (p - 0.5)`.
         num_reparam_samples (`int`, defaults to 8): Monte-Carlo samples per pair for `"reparam"`.
         bootstrap (`str`, defaults to `"bayesian"`): Per-head example weights: `"bayesian"`, `"poisson"`, `"none"`.
         calibration_bins (`int`, defaults to 10): Bins of the expected calibration error metric.
+        calibrate (`bool`, defaults to `True`): Fit the temperature of the pair probability on the eval split at the
+            end of `train()` and store it in `model.config.calibration_temperature`.
     """
 
     num_heads: int = field(
@@ -51,8 +59,25 @@ class BRMERewardConfig(RewardConfig):
         metadata={
             "help": "Per-head training loss. 'gaussian_bt': Bradley-Terry likelihood marginalised over the Gaussian "
             "noise (probit approximation); 'reparam': Monte-Carlo reparameterised samples through Bradley-Terry; "
-            "'bt': Bradley-Terry on the means only (the stds get no signal).",
+            "'bt': Bradley-Terry on the means only (the stds get no signal); 'bt_then_gaussian': the paper's two "
+            "stages in one run: Bradley-Terry on the heads' average mean for the first bt_phase_fraction of the steps, "
+            "then every head's Gaussian regressed onto targets bt_target_scale * (p - 0.5) from that frozen BT model.",
             "choices": list(BRME_LOSSES),
+        },
+    )
+    bt_phase_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "For brme_loss='bt_then_gaussian': share of the optimiser steps spent on the Bradley-Terry phase "
+            "(0 < fraction < 1); the rest regresses the heads onto the BT model's targets."
+        },
+    )
+    bt_target_scale: float = field(
+        default=10.0,
+        metadata={
+            "help": "For brme_loss='bt_then_gaussian': alpha of the regression targets, alpha * (p - 0.5) for the "
+            "chosen side and alpha * (0.5 - p) for the rejected side, p the BT model's P(chosen > rejected) (10 in the "
+            "public re-implementation)."
         },
     )
     num_reparam_samples: int = field(
@@ -73,6 +98,15 @@ class BRMERewardConfig(RewardConfig):
         metadata={"help": "Number of equal-width confidence bins of the expected calibration error (ece) metric."},
     )
 
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end of train(), when there is an eval split, fit the temperature T of the pair probability "
+            "mean_k E[sigmoid(gap_k / T)] by minimising its NLL on the eval split, and store it in "
+            "model.config.calibration_temperature (saved with the model, used by evaluation)."
+        },
+    )
+
     def __post_init__(self):
         self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
         super().__post_init__()
@@ -85,5 +119,11 @@ class BRMERewardConfig(RewardConfig):
         check_robust_lambda(self.robust_lambda, "BRMERewardConfig.robust_lambda")
         if self.num_reparam_samples < 1:
             raise ValueError(f"BRMERewardConfig.num_reparam_samples must be >= 1, got {self.num_reparam_samples!r}.")
+        if not 0.0 < self.bt_phase_fraction < 1.0:
+            raise ValueError(f"BRMERewardConfig.bt_phase_fraction must be in (0, 1), got {self.bt_phase_fraction!r}.")
+        if not (math.isfinite(self.bt_target_scale) and self.bt_target_scale > 0):
+            raise ValueError(
+                f"BRMERewardConfig.bt_target_scale must be a finite number > 0, got {self.bt_target_scale!r}."
+            )
         if self.calibration_bins < 1:
             raise ValueError(f"BRMERewardConfig.calibration_bins must be >= 1, got {self.calibration_bins!r}.")
