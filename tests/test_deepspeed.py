@@ -80,8 +80,8 @@ def test_brme_trains_and_saves_under_deepspeed(stage, source, tiny_backbone_dir,
     assert all(tensor.numel() > 0 for tensor in state.values())  # no empty ZeRO-3 partitions saved
 
     initial = torch.load(out / "initial_score.pt")
-    for name in ("weight", "bias"):
-        assert not torch.allclose(state[f"score.{name}"], initial[name], atol=1e-6), f"score.{name} did not train"
+    for name in ("score.weight", "score.bias"):
+        assert not torch.allclose(state[name], initial[name], atol=1e-6), f"{name} did not train"
 
     if source == "path":
         # The backbone kept the pretrained weights (loaded into the ZeRO-3 partitions, not re-initialised): token rows
@@ -93,6 +93,45 @@ def test_brme_trains_and_saves_under_deepspeed(stage, source, tiny_backbone_dir,
     model = BRMERewardModel.from_pretrained(out)
     assert model.config.num_heads == NUM_HEADS
     torch.testing.assert_close(model.score.weight.detach(), state["score.weight"])
+    with torch.no_grad():
+        output = model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    assert output.means.shape == (1, NUM_HEADS) and torch.isfinite(output.logits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_type", ["mlp", "lora"])
+def test_member_types_train_and_save_under_zero3(head_type, tmp_path):
+    """Per-member MLPs and per-member LoRA adapters, with randomised priors, built under zero.Init (every parameter
+    partitioned), train and save one consolidated file holding every member's weights and its frozen prior."""
+    out = tmp_path / "out"
+    cmd = [*deepspeed_launcher(config_path("cpu_zero3")), str(SCRIPT), "--output_dir", str(out)]
+    run_launch(
+        [
+            *cmd,
+            "--num_heads",
+            str(NUM_HEADS),
+            "--build",
+            "from_config",
+            "--head_type",
+            head_type,
+            "--prior_scale",
+            "1.0",
+        ]
+    )
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["zero_stage"] == 3 and info["heads_partitioned"] is True
+    state = load_file(out / "model.safetensors")
+    initial = torch.load(out / "initial_score.pt")
+    assert all(tensor.numel() > 0 and torch.isfinite(tensor).all() for tensor in state.values())
+    assert set(initial) <= set(state)  # every member parameter was saved
+    trained = [name for name in initial if not torch.allclose(state[name], initial[name], atol=1e-7)]
+    expected = "member_adapters" if head_type == "lora" else "score.fc2_weight"
+    assert any(name.startswith(expected) for name in trained), trained
+    prior = state["score.prior_weight"]
+    assert prior.shape == (NUM_HEADS, 32) and prior.std() > 0.05  # a random prior, not zeros or an empty partition
+    model = BRMERewardModel.from_pretrained(out)
+    assert model.config.head_type == head_type
+    torch.testing.assert_close(model.score.prior_weight, prior)
     with torch.no_grad():
         output = model(input_ids=torch.tensor([[1, 2, 3, 4]]))
     assert output.means.shape == (1, NUM_HEADS) and torch.isfinite(output.logits).all()

@@ -1,11 +1,13 @@
 """The PPO math of RobustPPOTrainer, each function against numbers worked out by hand."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from trl_robust.robust_ppo_trainer import (
+from trl_robust.ppo_utils import (
+    PPOBatchSizes,
     apply_missing_stop_penalty,
     compute_gae,
     compute_rewards,
@@ -18,6 +20,7 @@ from trl_robust.robust_ppo_trainer import (
     masked_whiten,
     policy_loss,
     position_ids_from_mask,
+    ppo_batch_sizes,
     token_logprobs,
     truncate_after_stop,
     value_loss,
@@ -229,3 +232,75 @@ def test_config_validation_names_the_field():
         "robust",
     )
     assert config.world_size == 1  # TrainingArguments' property, not shadowed by a field
+
+
+def _ppo_config(**fields):
+    from trl_robust import RobustPPOConfig
+
+    return RobustPPOConfig(output_dir="unused", report_to="none", use_cpu=True, **fields)
+
+
+def test_ppo_batch_sizes_by_hand():
+    # 4 per device x 2 accumulation steps on 1 process = 8 episodes per update, 2 minibatches of 4 = one micro-batch
+    # each; num_train_epochs 3 (the default) over 16 prompts = 48 episodes = 6 updates, 2 per pass over the data.
+    sizes = ppo_batch_sizes(
+        _ppo_config(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=2), 1, 16
+    )
+    assert sizes == PPOBatchSizes(
+        world_size=1,
+        local_batch_size=8,
+        batch_size=8,
+        local_mini_batch_size=4,
+        mini_batch_size=4,
+        local_micro_batch_size=4,
+        grad_accum_steps=1,
+        total_episodes=48,
+        num_total_batches=6,
+        batches_per_epoch=2,
+    )
+    assert not sizes.one_micro_batch_per_update
+
+    # 2 processes x 2 per device x 4 steps = 16 per update, one minibatch of 8 per rank = 4 micro-batches of 2;
+    # 50 episodes round up to ceil(50 / 16) = 4 updates; 20 prompts hold one update (drop-last).
+    config = _ppo_config(per_device_train_batch_size=2, gradient_accumulation_steps=4, total_episodes=50)
+    sizes = ppo_batch_sizes(config, 2, 20)
+    assert (sizes.local_batch_size, sizes.batch_size, sizes.local_mini_batch_size, sizes.mini_batch_size) == (
+        8,
+        16,
+        8,
+        16,
+    )
+    assert (sizes.local_micro_batch_size, sizes.grad_accum_steps) == (2, 4)
+    assert (sizes.total_episodes, sizes.num_total_batches, sizes.batches_per_epoch) == (50, 4, 1)
+
+    # 4 minibatches of 2 from 8 episodes: the minibatch is smaller than per_device_train_batch_size, so it is the
+    # micro-batch; max_steps wins over total_episodes: 5 updates of 8 = 40 episodes.
+    config = _ppo_config(
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_mini_batches=4,
+        total_episodes=999,
+        max_steps=5,
+    )
+    sizes = ppo_batch_sizes(config, 1, 16)
+    assert (sizes.local_mini_batch_size, sizes.local_micro_batch_size, sizes.grad_accum_steps) == (2, 2, 1)
+    assert (sizes.total_episodes, sizes.num_total_batches) == (40, 5)
+
+    # 8 per device, no accumulation, one minibatch: the update is one micro-batch (the rollout forward is reused);
+    # num_train_epochs 1.5 over 20 prompts = int(30) episodes = ceil(30 / 8) = 4 updates.
+    sizes = ppo_batch_sizes(_ppo_config(per_device_train_batch_size=8, num_train_epochs=1.5), 1, 20)
+    assert sizes.one_micro_batch_per_update and (sizes.total_episodes, sizes.num_total_batches) == (30, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sizes.batch_size = 16
+
+
+def test_ppo_batch_sizes_that_do_not_divide_name_the_fields():
+    with pytest.raises(ValueError, match=r"must be divisible by num_mini_batches: 6 is not divisible by 4"):
+        ppo_batch_sizes(_ppo_config(per_device_train_batch_size=6, num_mini_batches=4), 1, 16)
+    # 4 x 3 = 12 per rank, minibatches of 6: not a whole number of micro-batches of 4
+    with pytest.raises(ValueError, match=r"divisible by per_device_train_batch_size: 6 is not divisible by 4"):
+        ppo_batch_sizes(
+            _ppo_config(per_device_train_batch_size=4, gradient_accumulation_steps=3, num_mini_batches=2), 1, 16
+        )
+    with pytest.raises(ValueError, match=r"train_dataset has 15 prompts, fewer than one update's batch_size 16"):
+        ppo_batch_sizes(_ppo_config(per_device_train_batch_size=8), 2, 15)

@@ -33,6 +33,7 @@ from trl_robust import (
     RobustRLOOTrainer,
 )
 from trl_robust import aggregation as agg
+from trl_robust.monitor import HackingMonitor
 from trl_robust.tokenization import tokenize_for_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -285,3 +286,20 @@ def test_arguments_are_checked(kind, tmp_path, smol_tokenizer, policy_dir, brme_
 def test_deepspeed_runs_and_saves(kind, tmp_path, brme_dir, policy_dir, stage):
     """Two CPU processes under DeepSpeed ZeRO-2 / ZeRO-3: trains, shards the BRME under ZeRO-3, saves the policy."""
     run_deepspeed_script(kind, tmp_path, brme_dir, policy_dir, stage)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hacking_monitor_logs_and_stops_at_its_alarm(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir):
+    """The monitor reads the scores the trainer computed: with a reference so narrow that every sample is out of it,
+    the window of 16 (two steps of 8 completions) fills at step 2 and, with patience 1, the alarm stops the run."""
+    monitor = HackingMonitor([0.0, 1e-9], window=16, patience=1, action="stop")
+    trainer = make_trainer(kind, tmp_path, smol_tokenizer, str(policy_dir), str(brme_dir), max_steps=6)
+    trainer.add_callback(monitor)
+    scores = capture_scores(trainer)
+    trainer.train()
+    logs = step_logs(trainer)
+    assert monitor.first_alarm_step == 2 and trainer.state.global_step == 2
+    assert [entry["monitor/alarm"] for entry in logs] == [0.0, 1.0]
+    for score, entry in zip(scores, logs, strict=True):
+        assert entry["monitor/frac_out"] == 1.0
+        assert entry["monitor/epistemic"] == pytest.approx(score.means.std(-1, unbiased=False).mean().item())

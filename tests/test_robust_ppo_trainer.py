@@ -17,8 +17,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
 
 from tests.conftest import tiny_text_config
-from trl_robust import BRMEConfig, BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, robust_ppo_trainer
-from trl_robust.robust_ppo_trainer import position_ids_from_mask, response_logits
+from trl_robust import (
+    BRMEConfig,
+    BRMERewardModel,
+    HackingMonitor,
+    RobustPPOConfig,
+    RobustPPOTrainer,
+    robust_ppo_trainer,
+)
+from trl_robust.ppo_utils import position_ids_from_mask
+from trl_robust.robust_ppo_trainer import response_logits
 from trl_robust.tokenization import pad_batch
 
 CANDIDATES = [100, 101, 102, 103]
@@ -141,26 +149,57 @@ def _args(tmp_path, **overrides):
     return RobustPPOConfig(**values)
 
 
+def build_trainer(
+    tmp_path,
+    tokenizer,
+    *,
+    policy=None,
+    reward_model=None,
+    value_model=None,
+    train_dataset=None,
+    trainer_kwargs=None,
+    **config_overrides,
+):
+    """A RobustPPOTrainer over this file's tiny models (each one replaceable), with `_args(tmp_path,
+    **config_overrides)` and the reference made by the trainer (`ref_model=None`); `trainer_kwargs` go to the
+    constructor (callbacks, peft_config, ...)."""
+    return RobustPPOTrainer(
+        _args(tmp_path, **config_overrides),
+        tokenizer,
+        make_policy(tokenizer) if policy is None else policy,
+        None,
+        make_token_fraction_rm(tokenizer) if reward_model is None else reward_model,
+        tokenized_prompts(tokenizer) if train_dataset is None else train_dataset,
+        make_value_model(tokenizer) if value_model is None else value_model,
+        **(trainer_kwargs or {}),
+    )
+
+
+def _scores(recorder):
+    return [log["objective/scores"] for log in recorder.logs if "objective/scores" in log]
+
+
+def assert_learned(scores, margin=0.3):
+    """The mean score of the last two of six updates beats the first two's by `margin`, rather than the last update
+    the first: one update of 8 episodes is noisy (a run that learned fell back from 1.11 to 0.75 at its last update on
+    another machine). Measured with this file's models over seeds 0-11, fp32 and bf16 (seeds 0-5 with 2 threads too:
+    identical runs): a gain of 0.37 at the least (median 1.05), 0.45 for that run, at most 0.21 with learning_rate=0."""
+    first, last = sum(scores[:2]) / 2, sum(scores[-2:]) / 2
+    assert last > first + margin, scores
+
+
 def test_learns_an_easy_reward_changes_params_logs_old_metrics_and_saves(tmp_path, smol_tokenizer):
     policy = make_policy(smol_tokenizer)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     recorder = LogRecorder()
-    trainer = RobustPPOTrainer(
-        args=_args(tmp_path, total_episodes=8 * 6),
-        processing_class=smol_tokenizer,
-        model=policy,
-        ref_model=None,
-        reward_model=make_token_fraction_rm(smol_tokenizer),
-        train_dataset=tokenized_prompts(smol_tokenizer),
-        value_model=make_value_model(smol_tokenizer),
-        callbacks=[recorder],
+    trainer = build_trainer(
+        tmp_path, smol_tokenizer, policy=policy, trainer_kwargs={"callbacks": [recorder]}, total_episodes=8 * 6
     )
     trainer.train()
 
     logs = [log for log in recorder.logs if "objective/scores" in log]
     assert len(logs) == 6
-    scores = [log["objective/scores"] for log in logs]
-    assert scores[-1] > scores[0] + 0.5, scores  # ~0.6 at the start; TARGET-only responses score ~2.2
+    assert_learned(_scores(recorder))  # ~0.6 at the start; TARGET-only responses score ~2.2
     for name in OLD_METRICS:
         assert name in logs[-1], name
     assert logs[-1]["episode"] == 48
@@ -245,8 +284,8 @@ def test_old_trl_ppo_script_runs_with_only_the_import_swapped(tmp_path, smol_tok
         make_token_fraction_rm(smol_tokenizer),
         make_value_model(smol_tokenizer),
     )
-    assert trainer.state.global_step == 1 and trainer.args.batch_size == 8
-    assert trainer.args.local_mini_batch_size == 4 and trainer.args.mini_batch_size == 4
+    assert trainer.state.global_step == 1 and trainer.batch_sizes.batch_size == 8
+    assert trainer.batch_sizes.local_mini_batch_size == 4 and trainer.batch_sizes.mini_batch_size == 4
     assert trainer.stop_token_id == tokenizer.eos_token_id
     stopped = trainer.state.log_history[-1]["val/num_eos_tokens"]
     assert 0 < stopped <= 8  # some of the 8 responses ended with EOS (P(EOS within 6 tokens) ~ 0.74 each)
@@ -258,17 +297,18 @@ def test_brme_reward_scores_with_the_configured_aggregation_and_logs_robust_metr
     prompts = Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": f"Say something nice {i}."}] for i in range(8)]}
     )
-    trainer = RobustPPOTrainer(
-        _args(
-            tmp_path, total_episodes=8, num_ppo_epochs=1, reward_aggregation="uwo", uwo_coef=0.5, whiten_rewards=True
-        ),
+    trainer = build_trainer(
+        tmp_path,
         smol_tokenizer,
-        make_policy(smol_tokenizer),
-        None,
-        make_constant_brme(smol_tokenizer),
-        prompts,
-        make_constant_brme(smol_tokenizer, seed=3),  # a BRME is accepted as the value model too
-        callbacks=[recorder],
+        reward_model=make_constant_brme(smol_tokenizer),
+        value_model=make_constant_brme(smol_tokenizer, seed=3),  # a BRME is accepted as the value model too
+        train_dataset=prompts,
+        trainer_kwargs={"callbacks": [recorder]},
+        total_episodes=8,
+        num_ppo_epochs=1,
+        reward_aggregation="uwo",
+        uwo_coef=0.5,
+        whiten_rewards=True,
     )
     # the conversational prompts went through the chat template with the generation prompt
     first = smol_tokenizer.decode(trainer.train_dataset[0]["input_ids"])
@@ -300,24 +340,19 @@ def test_brme_reward_scores_with_the_configured_aggregation_and_logs_robust_metr
 
 def test_batch_size_errors_name_the_fields(tmp_path, smol_tokenizer):
     def build(**overrides):
-        return RobustPPOTrainer(
-            _args(tmp_path, **overrides),
-            smol_tokenizer,
-            make_policy(smol_tokenizer),
-            None,
-            make_token_fraction_rm(smol_tokenizer),
-            tokenized_prompts(smol_tokenizer),
-            make_value_model(smol_tokenizer),
-        )
+        return build_trainer(tmp_path, smol_tokenizer, **overrides)
 
     with pytest.raises(ValueError, match="num_mini_batches"):
         build(per_device_train_batch_size=6, num_mini_batches=4)
     with pytest.raises(ValueError, match="fewer than one update's batch_size"):
         build(per_device_train_batch_size=8, gradient_accumulation_steps=4)
     trainer = build(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=4)
-    assert (trainer.args.batch_size, trainer.args.local_mini_batch_size, trainer.grad_accum_steps) == (8, 2, 1)
-    assert trainer.args.num_total_batches == 6  # num_train_epochs 3 * 16 prompts / 8
-    assert build(max_steps=2).args.num_total_batches == 2
+    sizes = trainer.batch_sizes
+    assert (sizes.batch_size, sizes.local_mini_batch_size, sizes.grad_accum_steps) == (8, 2, 1)
+    assert sizes.num_total_batches == 6  # num_train_epochs 3 * 16 prompts / 8
+    assert build(max_steps=2).batch_sizes.num_total_batches == 2
+    # the derived sizes live in the trainer alone: the TRL 1.12 config fields of the same names stay unset
+    assert trainer.args.batch_size is None and trainer.args.num_total_batches is None
 
 
 @pytest.mark.parametrize(("every", "expected_calls"), [(None, 0), (2, 2)])
@@ -326,15 +361,7 @@ def test_accelerator_cache_is_emptied_only_every_torch_empty_cache_steps(
 ):
     calls = []
     monkeypatch.setattr(robust_ppo_trainer, "_empty_cache", lambda: calls.append(1))
-    trainer = RobustPPOTrainer(
-        _args(tmp_path, max_steps=4, num_ppo_epochs=1, torch_empty_cache_steps=every),
-        smol_tokenizer,
-        make_policy(smol_tokenizer),
-        None,
-        make_token_fraction_rm(smol_tokenizer),
-        tokenized_prompts(smol_tokenizer),
-        make_value_model(smol_tokenizer),
-    )
+    trainer = build_trainer(tmp_path, smol_tokenizer, max_steps=4, num_ppo_epochs=1, torch_empty_cache_steps=every)
     trainer.train()
     assert trainer.state.global_step == 4
     assert len(calls) == expected_calls
@@ -342,15 +369,7 @@ def test_accelerator_cache_is_emptied_only_every_torch_empty_cache_steps(
 
 def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenizer):
     rm = make_token_fraction_rm(smol_tokenizer)
-    trainer = RobustPPOTrainer(
-        _args(tmp_path),
-        smol_tokenizer,
-        make_policy(smol_tokenizer),
-        None,
-        rm,
-        tokenized_prompts(smol_tokenizer),
-        make_value_model(smol_tokenizer),
-    )
+    trainer = build_trainer(tmp_path, smol_tokenizer, reward_model=rm)
     eos = smol_tokenizer.eos_token_id
     rows = [[5, 6, TARGET, TARGET, eos], [7, TARGET, eos], [TARGET, 8, 9, 10, 11, 12]]
     ids, mask = pad_batch(rows, eos, "left")  # pad == eos: padding and the final EOS look alike
@@ -364,15 +383,13 @@ def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenize
 
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):
     def build(name):
-        args = _args(tmp_path, output_dir=str(tmp_path / name), total_episodes=24, save_strategy="steps", save_steps=2)
-        return RobustPPOTrainer(
-            args,
+        return build_trainer(
+            tmp_path,
             smol_tokenizer,
-            make_policy(smol_tokenizer),
-            None,
-            make_token_fraction_rm(smol_tokenizer),
-            tokenized_prompts(smol_tokenizer),
-            make_value_model(smol_tokenizer),
+            output_dir=str(tmp_path / name),
+            total_episodes=24,
+            save_strategy="steps",
+            save_steps=2,
         )
 
     full = build("full")
@@ -419,22 +436,15 @@ def test_reusing_the_rollout_forward_for_the_first_epoch_changes_nothing(tmp_pat
 
     def run(name, reuse):
         recorder = LogRecorder()
-        trainer = RobustPPOTrainer(
-            _args(
-                tmp_path,
-                output_dir=str(tmp_path / name),
-                total_episodes=16,
-                num_ppo_epochs=3,
-                temperature=0.7,
-                learning_rate=3e-4,  # Adam turns rounding-level gradient differences into steps of about lr
-            ),
+        trainer = build_trainer(
+            tmp_path,
             smol_tokenizer,
-            make_policy(smol_tokenizer),
-            None,
-            make_token_fraction_rm(smol_tokenizer),
-            tokenized_prompts(smol_tokenizer),
-            make_value_model(smol_tokenizer),
-            callbacks=[recorder],
+            trainer_kwargs={"callbacks": [recorder]},
+            output_dir=str(tmp_path / name),
+            total_episodes=16,
+            num_ppo_epochs=3,
+            temperature=0.7,
+            learning_rate=3e-4,  # Adam turns rounding-level gradient differences into steps of about lr
         )
         assert trainer.reuse_rollout_forward  # 8 episodes per update in one micro-batch
         trainer.reuse_rollout_forward = reuse
@@ -459,22 +469,15 @@ def test_bf16_mixed_precision_gives_the_fp32_gradients_and_a_first_ratio_of_one(
     grads, logs = {}, {}
     for bf16 in (False, True):
         recorder = LogRecorder()
-        trainer = RobustPPOTrainer(
-            _args(
-                tmp_path,
-                output_dir=str(tmp_path / f"bf16={bf16}"),
-                total_episodes=8,
-                num_ppo_epochs=1,
-                bf16=bf16,
-                max_grad_norm=0,
-            ),
+        trainer = build_trainer(
+            tmp_path,
             smol_tokenizer,
-            make_policy(smol_tokenizer),
-            None,
-            make_token_fraction_rm(smol_tokenizer),
-            tokenized_prompts(smol_tokenizer),
-            make_value_model(smol_tokenizer),
-            callbacks=[recorder],
+            trainer_kwargs={"callbacks": [recorder]},
+            output_dir=str(tmp_path / f"bf16={bf16}"),
+            total_episodes=8,
+            num_ppo_epochs=1,
+            bf16=bf16,
+            max_grad_norm=0,
         )
         step = trainer.optimizer.step
 
@@ -511,20 +514,20 @@ def test_bf16_weights_learn_the_easy_reward(tmp_path, smol_tokenizer):
             make_value_model(smol_tokenizer),
         )
     )
-    trainer = RobustPPOTrainer(
-        _args(tmp_path, total_episodes=8 * 6, bf16=True),
+    trainer = build_trainer(
+        tmp_path,
         smol_tokenizer,
-        policy,
-        None,
-        reward_model,
-        tokenized_prompts(smol_tokenizer),
-        value_model,
-        callbacks=[recorder],
+        policy=policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        trainer_kwargs={"callbacks": [recorder]},
+        total_episodes=8 * 6,
+        bf16=True,
     )
     trainer.train()
-    scores = [log["objective/scores"] for log in recorder.logs if "objective/scores" in log]
+    scores = _scores(recorder)
     assert len(scores) == 6 and all(math.isfinite(s) for s in scores)
-    assert scores[-1] > scores[0] + 0.5, scores
+    assert_learned(scores)
     assert trainer.model.policy.lm_head.weight.dtype == torch.bfloat16
 
 
@@ -533,16 +536,14 @@ def test_lora_policy_uses_the_adapter_free_model_as_reference(tmp_path, smol_tok
     recorder = LogRecorder()
     policy = make_policy(smol_tokenizer)
     base_before = policy.lm_head.weight.detach().clone()
-    trainer = RobustPPOTrainer(
-        _args(tmp_path, total_episodes=16, gradient_checkpointing=True),
+    lora = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = build_trainer(
+        tmp_path,
         smol_tokenizer,
-        policy,
-        None,
-        make_token_fraction_rm(smol_tokenizer),
-        tokenized_prompts(smol_tokenizer),
-        make_value_model(smol_tokenizer),
-        callbacks=[recorder],
-        peft_config=peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        policy=policy,
+        trainer_kwargs={"callbacks": [recorder], "peft_config": lora},
+        total_episodes=16,
+        gradient_checkpointing=True,
     )
     assert trainer.is_peft_model and trainer.ref_model is None
     lora_before = {k: v.detach().clone() for k, v in trainer.policy_model.named_parameters() if "lora_B" in k}
@@ -562,15 +563,11 @@ def test_text_prompts_are_tokenized_and_any_collator_output_is_left_aligned(tmp_
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.padding_side = "right"  # a collator padding on the wrong side must not break generation
     texts = ["hello there", "one two three four five six"] * 8
-    trainer = RobustPPOTrainer(
-        _args(tmp_path),
+    trainer = build_trainer(
+        tmp_path,
         tokenizer,
-        make_policy(tokenizer),
-        None,
-        make_token_fraction_rm(tokenizer),
-        Dataset.from_dict({"prompt": texts}),
-        make_value_model(tokenizer),
-        data_collator=DataCollatorWithPadding(tokenizer),
+        train_dataset=Dataset.from_dict({"prompt": texts}),
+        trainer_kwargs={"data_collator": DataCollatorWithPadding(tokenizer)},
     )
     assert trainer.train_dataset.column_names == ["input_ids"]
     ids, mask = trainer._collate([trainer.train_dataset[0], trainer.train_dataset[1]])
@@ -588,16 +585,11 @@ def test_a_reward_model_with_another_tokenizer_scores_re_tokenised_text(tmp_path
     torch.manual_seed(3)
     bert = tiny_text_config("bert", len(bert_tokenizer))
     brme = BRMERewardModel(BRMEConfig(text_config=bert, num_heads=3)).eval()
-    build = dict(
-        model=make_policy(smol_tokenizer),
-        ref_model=None,
-        reward_model=brme,
-        train_dataset=tokenized_prompts(smol_tokenizer),
-        value_model=make_value_model(smol_tokenizer),
-    )
     with pytest.raises(ValueError, match="reward_processing_class"):  # policy ids would index past the RM's vocabulary
-        RobustPPOTrainer(_args(tmp_path), smol_tokenizer, **build)
-    trainer = RobustPPOTrainer(_args(tmp_path), smol_tokenizer, reward_processing_class=bert_tokenizer, **build)
+        build_trainer(tmp_path, smol_tokenizer, reward_model=brme)
+    trainer = build_trainer(
+        tmp_path, smol_tokenizer, reward_model=brme, trainer_kwargs={"reward_processing_class": bert_tokenizer}
+    )
     prompts, responses = ["hello world", "the film"], [" was great", " was awful and long"]
     query = [smol_tokenizer(p)["input_ids"] for p in prompts]
     reply = [smol_tokenizer(r)["input_ids"] + [smol_tokenizer.eos_token_id] for r in responses]
@@ -630,3 +622,25 @@ def test_value_model_starts_from_the_reward_model_when_they_share_a_tokenizer(tm
 
     value, _ = load_value_model(str(policy_dir), str(reward_dir), smol_tokenizer, bert_tokenizer, str(reward_dir))
     assert torch.equal(value.model.embed_tokens.weight, reward_embed)  # an explicit value_path wins
+
+
+def test_hacking_monitor_reads_the_rollout_scores_and_stops_the_run(tmp_path, smol_tokenizer):
+    """Every member of the constant BRME scores every answer MEANS, so each sample's epistemic uncertainty is the
+    population std of MEANS; against a reference that narrow every sample is out, the window of 8 (one update) is
+    full after update 1, and with patience 1 the alarm stops the run there."""
+    monitor = HackingMonitor([0.0, 1e-9], window=8, patience=1, action="stop")
+    recorder = LogRecorder()
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        reward_model=make_constant_brme(smol_tokenizer),
+        trainer_kwargs={"callbacks": [recorder, monitor]},
+        total_episodes=8 * 4,
+        num_ppo_epochs=1,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1 and monitor.first_alarm_step == 1
+    log = recorder.logs[-1]
+    assert log["monitor/alarm"] == 1.0 and log["monitor/frac_out"] == 1.0
+    assert log["monitor/epistemic"] == pytest.approx(torch.tensor(MEANS).std(unbiased=False).item(), abs=1e-5)
+    assert "monitor/gap" not in log  # no reference gap given: not tracked

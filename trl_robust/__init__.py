@@ -6,6 +6,7 @@ from .configuration_brme import BRMEConfig
 from .data import load_hh_rlhf_harmless
 from .evaluation import evaluate_reward_model
 from .modeling_brme import BRMEOutput, BRMERewardModel, register_auto_classes
+from .monitor import HackingMonitor
 from .robust_grpo_config import RobustGRPOConfig
 from .robust_grpo_trainer import RobustGRPOTrainer
 from .robust_ppo_config import RobustPPOConfig
@@ -26,6 +27,7 @@ __all__ = [
     "BRMERewardTrainer",
     "BRMEScorer",
     "BRMEScores",
+    "HackingMonitor",
     "RobustGRPOConfig",
     "RobustGRPOTrainer",
     "RobustPPOConfig",

@@ -11,6 +11,7 @@ from trl.trainer.utils import get_config_model_id
 from .aggregation import Aggregation
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
+from .monitor import monitor_metrics
 from .scoring import BRMEScorer, BRMEScores
 from .validation import check_finite_scores
 
@@ -139,6 +140,10 @@ class BRMERewardsMixin:
             names = (*self.LOGGED_AGGREGATIONS, aggregation.name)
             for key, value in aggregation.head_metrics(means, stds, names).items():
                 self._metrics[mode][f"{prefix}/{key}"].append(value)
+            if mode == "train" and i == self._brme_indices[0]:  # a HackingMonitor follows the first BRME column
+                step = self.state.global_step + 1  # the update these samples train
+                for key, value in monitor_metrics(self.callback_handler.callbacks, means, stds, step).items():
+                    self._metrics[mode][key].append(value)
         return rewards_per_func
 
 

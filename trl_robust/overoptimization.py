@@ -43,7 +43,8 @@ from .data import load_hh_rlhf_harmless
 from .gold_scorers import GoldScorer, load_gold_scorer
 from .modeling_brme import BRMERewardModel
 from .overoptimization_config import OverOptimizationConfig
-from .robust_ppo_trainer import load_value_model, position_ids_from_mask, token_logprobs
+from .ppo_utils import position_ids_from_mask, token_logprobs
+from .robust_ppo_trainer import load_value_model
 from .scoring import BRMEScorer, BRMEScores
 from .script_args import resolve_model
 

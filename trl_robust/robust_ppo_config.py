@@ -17,7 +17,9 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     PPO script migrates by changing its import, plus the fields of the robust reward. Batch sizes follow the old
     trainer: one PPO update (one rollout) holds `batch_size = per_device_train_batch_size *
     gradient_accumulation_steps * num_processes` episodes, split into `num_mini_batches` optimiser steps for each of
-    `num_ppo_epochs` epochs. The derived sizes are computed by the trainer (fields left `None` here).
+    `num_ppo_epochs` epochs. The derived sizes are computed once by the trainer, into `trainer.batch_sizes`
+    (`trl_robust.ppo_utils.ppo_batch_sizes`); the old config fields of the same names are kept so that TRL 1.12
+    configs still parse, and are neither read nor filled in.
     """
 
     # TrainingArguments defaults that the old PPOConfig changed.
@@ -59,31 +61,30 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
         metadata={"help": "Subtracted from the score of responses that never produce the stop token (>= 0)."},
     )
     sft_model_path: str = field(
-        default="EleutherAI/pythia-160m", metadata={"help": "Path to the SFT model (kept for old scripts)."}
+        default="EleutherAI/pythia-160m",
+        metadata={"help": "Path to the SFT model (kept so old scripts parse; the trainer does not read it)."},
     )
     # TRL 1.12's `world_size` field is not redeclared: it would shadow `TrainingArguments.world_size`, the property
     # that transformers' DeepSpeed integration reads; `args.world_size` still gives the number of processes.
+    # TRL 1.12's trainer wrote its derived sizes into these fields. They are kept so that old configs parse; the
+    # trainer neither reads nor fills them: its sizes are `trainer.batch_sizes` (one owner, computed once).
     num_total_batches: int | None = field(
-        default=None, metadata={"help": "Number of PPO updates in the run (set by the trainer)."}
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the run's updates: trainer.batch_sizes."}
     )
     micro_batch_size: int | None = field(
-        default=None, metadata={"help": "per_device_train_batch_size * world_size (set by the trainer)."}
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the sizes of a run: trainer.batch_sizes."}
     )
     local_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Episodes per rank per update: per_device_train_batch_size * gradient_accumulation_steps "
-            "(set by the trainer)."
-        },
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the sizes of a run: trainer.batch_sizes."}
     )
     batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per update over all ranks (set by the trainer)."}
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the sizes of a run: trainer.batch_sizes."}
     )
     local_mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per rank per minibatch (set by the trainer)."}
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the sizes of a run: trainer.batch_sizes."}
     )
     mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per minibatch over all ranks (set by the trainer)."}
+        default=None, metadata={"help": "Unused (TRL 1.12 field); the sizes of a run: trainer.batch_sizes."}
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Whether to push the model to the Hub."})
     reward_model_path: str = field(

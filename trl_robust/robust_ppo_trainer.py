@@ -1,11 +1,9 @@
 """PPO for RLHF on current TRL, with the old `PPOTrainer` call shape and a robust (BRME) reward.
 
-The file reads top to bottom: first the PPO math as small functions over `[batch, response_length]` tensors (each
-unit-tested against hand computations in `tests/test_ppo_math.py`), then the model plumbing, then the trainer.
-
-Conventions of the math functions: a response tensor holds `response_length` slots per row; `mask` is 1 (True) on the
-real tokens of a response (everything up to and including the stop token) and 0 on the padding after it, so real
-tokens are always a prefix of the row.
+The PPO maths (masked statistics, KL estimators, GAE, losses, token log-probabilities, batch sizes) lives in
+`ppo_utils.py`. This file reads top to bottom: the model plumbing (value/reward backbones and heads, the policy's
+response logits, the policy + value module), then the trainer: construction in named steps, data, rollout, PPO epochs,
+metrics, the training loop, and saving / resuming.
 """
 
 import copy
@@ -41,6 +39,26 @@ from trl.trainer.utils import disable_dropout_in_model
 from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
 from .modeling_brme import BRMERewardModel
+from .monitor import monitor_metrics
+from .ppo_utils import (
+    PPOBatchSizes,
+    apply_missing_stop_penalty,
+    compute_gae,
+    compute_rewards,
+    entropy_from_logits,
+    kl_penalty,
+    last_real_index,
+    lengths_to_mask,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    position_ids_from_mask,
+    ppo_batch_sizes,
+    token_logprobs,
+    truncate_after_stop,
+    value_loss,
+    whiten_advantages,
+)
 from .robust_ppo_config import RobustPPOConfig
 from .tokenization import pad_batch, padding_id, tokenize_for_reward
 from .validation import check_finite_scores, token_id_bound, validate_prompt_rows, validate_token_rows
@@ -51,261 +69,6 @@ if is_peft_available():
 logger = logging.get_logger(__name__)
 
 _STATE = "policy_and_value.pt"  # full policy + value weights in non-DeepSpeed checkpoints, for resuming
-
-# --------------------------------------------------------------------------------------------------------------------
-# PPO math
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `values` over the positions where `mask` is set (over all of them, or along `dim`)."""
-    mask = mask.to(values.dtype)
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1.0)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of `values` over the masked positions; `unbiased` applies Bessel's correction n / (n - 1)."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
-    if unbiased:
-        n = mask.to(values.dtype).sum()
-        if n < 2:
-            raise ValueError(
-                "Cannot whiten over fewer than 2 real tokens; raise per_device_train_batch_size, "
-                "gradient_accumulation_steps or response_length."
-            )
-        var = var * n / (n - 1)
-    return var
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise `values` to zero mean and unit variance using the masked positions' statistics. With
-    `shift_mean=False` the mean is kept (only the scale changes), as for rewards, whose sign carries meaning."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
-    return whitened if shift_mean else whitened + mean
-
-
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """
-    Per-token estimate of KL(pi || pi_ref) from the log-probabilities of the sampled tokens
-    (http://joschu.net/blog/kl-approx.html):
-
-    - `k1 = log p - log p_ref`: unbiased, can be negative per token;
-    - `k3 = (r - 1) - log r` with `r = p_ref / p`: unbiased, never negative, lower variance.
-    """
-    if estimator == "k1":
-        return logprobs - ref_logprobs
-    if estimator == "k3":
-        log_r = ref_logprobs - logprobs
-        return torch.expm1(log_r) - log_r
-    raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}.")
-
-
-def truncate_after_stop(
-    responses: torch.Tensor, stop_token_id: int | None, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    Cut every response after its first `stop_token_id` and fill the rest with `pad_token_id`.
-
-    Returns `(truncated, lengths, has_stop)`: `lengths[i]` is the number of real tokens of response i, the stop token
-    included (the full width when it never stops), and `has_stop[i]` whether response i produced the stop token. The
-    lengths come from the stop token's position, never from comparing with `pad_token_id`, so they stay right when the
-    pad token is the EOS token.
-    """
-    batch, width = responses.shape
-    if stop_token_id is None:
-        lengths = torch.full((batch,), width, dtype=torch.long, device=responses.device)
-        return responses.clone(), lengths, torch.zeros(batch, dtype=torch.bool, device=responses.device)
-    is_stop = responses == stop_token_id
-    has_stop = is_stop.any(dim=1)
-    # argmax of a 0/1 row gives the first 1; rows without a stop get the full width.
-    first_stop = is_stop.long().argmax(dim=1)
-    lengths = torch.where(has_stop, first_stop + 1, torch.full_like(first_stop, width))
-    truncated = responses.masked_fill(~lengths_to_mask(lengths, width), pad_token_id)
-    return truncated, lengths, has_stop
-
-
-def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """Boolean `[batch, width]` mask that is True on the first `lengths[i]` slots of row i."""
-    return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def apply_missing_stop_penalty(scores: torch.Tensor, has_stop: torch.Tensor, penalty: float | None) -> torch.Tensor:
-    """Subtract `penalty` from the score of every response that never produced the stop token."""
-    if penalty is None:
-        return scores
-    return scores - penalty * (~has_stop).to(scores.dtype)
-
-
-def compute_rewards(
-    kl: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, kl_coef: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Per-token rewards: `-kl_coef * KL` on every real token, plus the sequence score on the LAST REAL token (slot
-    `length - 1`, the stop token when there is one). Padding slots get 0.
-
-    Returns `(rewards, non_score_rewards)`.
-    """
-    mask = lengths_to_mask(lengths, kl.shape[1])
-    non_score = -kl_coef * kl * mask
-    rewards = non_score.clone()
-    rows = torch.arange(kl.shape[0], device=kl.device)
-    rewards[rows, lengths - 1] += scores.to(rewards.dtype)
-    return rewards, non_score
-
-
-def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Generalised advantage estimation over masked rows (Schulman et al. 2016):
-
-        delta_t = r_t + gamma * V_{t+1} - V_t,     A_t = delta_t + gamma * lam * A_{t+1},
-
-    where the episode ends at the last real token (V and A beyond it count as 0). Returns `(advantages, returns)`
-    with `returns = advantages + values`; both are 0 on padding.
-    """
-    mask = mask.to(values.dtype)
-    rewards, values = rewards * mask, values * mask
-    width = rewards.shape[1]
-    advantages = torch.zeros_like(values)
-    next_advantage = torch.zeros_like(values[:, 0])
-    next_value = torch.zeros_like(values[:, 0])
-    for t in reversed(range(width)):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        advantages[:, t] = next_advantage
-        next_value = values[:, t]
-    return advantages, (advantages + values) * mask
-
-
-def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Whiten advantages with the statistics of the real tokens only; padding stays 0."""
-    return masked_whiten(advantages, mask) * mask.to(advantages.dtype)
-
-
-def policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    cliprange: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    PPO's clipped surrogate, `mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))` over real tokens.
-
-    Returns `(loss, clipfrac, approxkl)`: the fraction of real tokens where the clipped term was chosen, and
-    `0.5 * mean((log ratio)^2)`, an estimate of KL(pi_old || pi).
-    """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approxkl = 0.5 * masked_mean(log_ratio**2, mask)
-    return loss, clipfrac, approxkl
-
-
-def value_loss(
-    values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    cliprange_value: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Clipped value loss, `0.5 * mean(max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2))` over real tokens.
-
-    Returns `(loss, clipfrac)`, the fraction of real tokens where the clipped term was larger.
-    """
-    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
-    unclipped_loss = (values - returns) ** 2
-    clipped_loss = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_loss, clipped_loss), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
-    return loss, clipfrac
-
-
-# Full-vocabulary temporaries are made a block of rows at a time, about this many logits (16 MiB in fp32): small next
-# to the logits, and small enough that a CPU allocator reuses the blocks instead of mapping fresh pages every time.
-_ROW_BLOCK = 2**22
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """
-    Log-probability of `tokens` under `logits / temperature` (the distribution they were sampled from), in fp32 (fp64
-    for fp64 logits): `log_softmax(logits / temperature).gather(tokens)`, computed as the chosen logit minus the
-    logsumexp of its row, so that no full-vocabulary log-softmax is materialised.
-
-    The backward is written out (`_TokenLogprobs`): it keeps the logits themselves (no scaled fp32 copy) and the row
-    logsumexps, and builds the gradient `(onehot(token) - softmax) * grad / temperature` in a single full-vocabulary
-    buffer, where autograd would chain the division, logsumexp, gather and their sum through several.
-    """
-    return _TokenLogprobs.apply(logits, tokens, temperature)
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        rows = logits.reshape(-1, logits.shape[-1])
-        lse = torch.empty(rows.shape[0], dtype=dtype, device=logits.device)
-        step = max(1, _ROW_BLOCK // rows.shape[1])  # blocks of rows: the scaled copy stays small
-        for start in range(0, rows.shape[0], step):
-            lse[start : start + step] = torch.logsumexp(rows[start : start + step].to(dtype) / temperature, dim=-1)
-        lse = lse.view(tokens.shape)
-        chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(dtype) / temperature
-        ctx.save_for_backward(logits, tokens, lse)
-        ctx.temperature = temperature
-        return chosen - lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, tokens, lse = ctx.saved_tensors
-        scale = (grad / ctx.temperature).unsqueeze(-1)
-        # d/dx_j (x_k / T - logsumexp(x / T)) = (1[j = k] - softmax(x / T)_j) / T, built in place in one buffer.
-        buffer = logits.to(lse.dtype, copy=True).div_(ctx.temperature).sub_(lse.unsqueeze(-1)).exp_().mul_(-scale)
-        buffer.scatter_add_(-1, tokens.unsqueeze(-1), scale)
-        return buffer.to(logits.dtype), None, None
-
-
-@torch.no_grad()
-def entropy_from_logits(
-    logits: torch.Tensor, temperature: float = 1.0, chunk_elements: int = _ROW_BLOCK
-) -> torch.Tensor:
-    """
-    Entropy of the categorical distribution of every `[..., vocab]` row of `logits / temperature`, in fp32 and without
-    gradient (it is a metric). Uses `H = logsumexp(x) - sum(softmax(x) * x)` over blocks of rows of about
-    `chunk_elements` logits, so the temporaries stay small whatever the batch and vocabulary.
-    """
-    rows = logits.reshape(-1, logits.shape[-1])
-    entropy = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
-    step = max(1, chunk_elements // rows.shape[1])
-    for start in range(0, rows.shape[0], step):
-        x = rows[start : start + step].float()
-        if temperature != 1.0:
-            x = x / temperature
-        weighted = torch.softmax(x, dim=-1).mul_(x).sum(-1)
-        entropy[start : start + step] = torch.logsumexp(x, dim=-1) - weighted
-    return entropy.view(logits.shape[:-1])
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row gets the positions generation gave it."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of every row (works for left and right padding and for pad == eos)."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * positions).argmax(-1)
 
 
 def load_value_model(
@@ -328,22 +91,26 @@ def load_value_model(
     return value_model, None if same_tokenizer else reward_tokenizer
 
 
-def exact_div(a: int, b: int, what: str) -> int:
-    """`a // b`, raising a `ValueError` that says which fields to change when `b` does not divide `a`."""
-    if b <= 0 or a % b != 0:
-        raise ValueError(f"{what}: {a} is not divisible by {b}.")
-    return a // b
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Model plumbing
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _is_peft(model: nn.Module) -> bool:
+    return is_peft_available() and isinstance(model, PeftModel)
+
+
+def _peft_base(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (`get_base_model()`: its adapter layers are still injected and
+    active), or `model` itself when it is not a `PeftModel`. Its attributes (`score`, `generation_config`, the forward's
+    signature) are the ones to read; the reference policy of a PEFT run is `PeftModel.disable_adapter()`, in
+    `RobustPPOTrainer._reference`."""
+    return model.get_base_model() if _is_peft(model) else model
+
+
 def _backbone(model: nn.Module) -> nn.Module:
     """The bare transformer of a sequence-classification or BRME model (`model.<base_model_prefix>`)."""
-    if is_peft_available() and isinstance(model, PeftModel):
-        model = model.get_base_model()
+    model = _peft_base(model)
     prefix = getattr(model, "base_model_prefix", None)
     backbone = getattr(model, prefix, None) if prefix else None
     if backbone is None or not hasattr(model, "score"):
@@ -356,15 +123,11 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 
 def _is_brme(model: nn.Module) -> bool:
-    if is_peft_available() and isinstance(model, PeftModel):
-        model = model.get_base_model()
-    return isinstance(model, BRMERewardModel)
+    return isinstance(_peft_base(model), BRMERewardModel)
 
 
 def _head(model: nn.Module) -> nn.Module:
-    if is_peft_available() and isinstance(model, PeftModel):
-        model = model.get_base_model()
-    return model.score
+    return _peft_base(model).score
 
 
 def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -378,10 +141,9 @@ def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     ).last_hidden_state
-    out = _head(value_model)(hidden)
-    if isinstance(out, tuple):  # BRME heads: (means, stds)
-        return out[0].mean(-1)
-    return out[..., 0].float()
+    if _is_brme(value_model):  # the mean of its members' means (`score_hidden` knows each member type's layout)
+        return _peft_base(value_model).score_hidden(hidden)[0].mean(-1)
+    return _head(value_model)(hidden)[..., 0].float()
 
 
 @functools.cache
@@ -398,9 +160,8 @@ def response_logits(
     so its LM head runs on them only: the prompt's full-vocabulary logits are never computed, and no slice of a larger
     logits tensor has to be back-propagated.
     """
-    base = policy.get_base_model() if is_peft_available() and isinstance(policy, PeftModel) else policy
     positions = torch.arange(context_length - 1, input_ids.shape[1] - 1, device=input_ids.device)
-    keep = _accepts_logits_to_keep(type(base))
+    keep = _accepts_logits_to_keep(type(_peft_base(policy)))
     logits = policy(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -456,11 +217,11 @@ def _empty_cache() -> None:
 
 
 @contextmanager
-def _generation_config(model: nn.Module, config: GenerationConfig):
+def _as_model_generation_config(model: nn.Module, config: GenerationConfig):
     """Make `config` the model's own generation config while generating: transformers fills the fields a passed
     config leaves unset (such as `eos_token_id=None`, "never stop") from the model's, which would stop rollouts at
     EOS when no stop token was asked for."""
-    target = model.get_base_model() if is_peft_available() and isinstance(model, PeftModel) else model
+    target = _peft_base(model)
     saved = target.generation_config
     target.generation_config = config
     try:
@@ -535,6 +296,35 @@ class RobustPPOTrainer(_BaseTrainer):
         peft_config: "PeftConfig | None" = None,
         reward_processing_class: PreTrainedTokenizerBase | None = None,
     ) -> None:
+        self._check_args(args, model, ref_model, reward_model, value_model, train_dataset)
+        self._set_token_ids(args, processing_class, model)
+        model = self._build_models(args, model, ref_model, value_model, reward_model, peft_config)
+        self.reward_tokenizer = self._check_reward_tokenizer(
+            self.tokenizer, model, reward_model, reward_processing_class
+        )
+        train_dataset = self._prepare_dataset(train_dataset, args, "train")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, args, "eval")
+        super().__init__(
+            model=PolicyAndValue(model, value_model, args.gradient_checkpointing_kwargs),
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.user_collator = data_collator
+        self._derive_batch_sizes(len(train_dataset))  # after Trainer's init: needs the accelerator's process count
+        self._build_optimizer_and_place_models()
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Construction steps, in the order `__init__` runs them
+    # ---------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_args(args, model, ref_model, reward_model, value_model, train_dataset) -> None:
         if args is None or not isinstance(args, RobustPPOConfig):
             raise TypeError(f"args must be a RobustPPOConfig, got {type(args).__name__}.")
         if train_dataset is None:
@@ -543,6 +333,10 @@ class RobustPPOTrainer(_BaseTrainer):
             raise ValueError("model and ref_model must be different objects; pass ref_model=None to copy the policy.")
         if value_model is reward_model:
             raise ValueError("value_model and reward_model must be different objects: the value model is trained.")
+
+    def _set_token_ids(self, args: RobustPPOConfig, processing_class: Any, model: PreTrainedModel) -> None:
+        """The policy's tokenizer (given a pad token when it has none) and the token ids the trainer looks for or
+        writes: the stop token, the token `missing_eos_penalty` checks, and the filler written at padding positions."""
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
@@ -551,28 +345,36 @@ class RobustPPOTrainer(_BaseTrainer):
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
-        if args.stop_token == "eos":
-            self.stop_token_id = tokenizer.eos_token_id
-        else:
-            self.stop_token_id = args.stop_token_id
+        self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else args.stop_token_id
         # The token whose absence `missing_eos_penalty` punishes: the stop token, or EOS when there is none.
         self.penalised_stop_id = self.stop_token_id if self.stop_token_id is not None else tokenizer.eos_token_id
-
-        # PEFT: the policy gets the adapter; with no ref_model, the reference is the policy with adapters disabled.
-        if peft_config is not None:
-            if not is_peft_available():
-                raise ImportError("peft_config needs the `peft` package: pip install peft.")
-            if not isinstance(peft_config, PeftConfig):
-                raise TypeError(f"peft_config must be a peft.PeftConfig, got {type(peft_config).__name__}.")
-            if isinstance(model, PeftModel):
-                raise ValueError("model is already a PeftModel; pass its base model with peft_config, or no config.")
-            model = get_peft_model(model, peft_config)
-        self.is_peft_model = is_peft_available() and isinstance(model, PeftModel)
         # The id written at padding positions. Its value never matters (masks exclude those positions) but it must index
         # the embeddings: a pad token added to the tokenizer without resizing the models (as TRL's old PPO example did
         # with "[PAD]") would be out of range.
         num_embeddings = model.get_input_embeddings().num_embeddings
         self.filler_id = self.pad_token_id if self.pad_token_id < num_embeddings else 0
+
+    def _build_models(
+        self,
+        args: RobustPPOConfig,
+        model: PreTrainedModel,
+        ref_model: PreTrainedModel | None,
+        value_model: PreTrainedModel,
+        reward_model: PreTrainedModel,
+        peft_config: "PeftConfig | None",
+    ) -> nn.Module:
+        """Wrap the policy in its adapter (`peft_config`), make the reference (a frozen copy of the policy unless given,
+        or none for a PEFT policy, whose reference is the policy with adapters disabled), freeze the reward model, turn
+        dropout off in all four and set up gradient checkpointing. Returns the policy, a `PeftModel` with an adapter."""
+        if peft_config is not None:
+            if not is_peft_available():
+                raise ImportError("peft_config needs the `peft` package: pip install peft.")
+            if not isinstance(peft_config, PeftConfig):
+                raise TypeError(f"peft_config must be a peft.PeftConfig, got {type(peft_config).__name__}.")
+            if _is_peft(model):
+                raise ValueError("model is already a PeftModel; pass its base model with peft_config, or no config.")
+            model = get_peft_model(model, peft_config)
+        self.is_peft_model = _is_peft(model)
         if ref_model is None and not self.is_peft_model:
             if any(hasattr(p, "ds_id") for p in model.parameters()):
                 raise ValueError(
@@ -602,62 +404,23 @@ class RobustPPOTrainer(_BaseTrainer):
         # robust_lambda=None means the BRME's own (a PeftModel forwards `.config` to the model it wraps)
         brme_lambda = reward_model.config.robust_lambda if self.reward_is_brme else None
         self.aggregation = Aggregation.from_config(args, brme_robust_lambda=brme_lambda)
-        self.reward_tokenizer = self._check_reward_tokenizer(tokenizer, model, reward_model, reward_processing_class)
+        return model
 
-        train_dataset = self._prepare_dataset(train_dataset, args, "train")
-        if eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, args, "eval")
+    def _derive_batch_sizes(self, dataset_len: int) -> None:
+        """`self.batch_sizes`, every derived size of the run (`ppo_batch_sizes`: checked once, read everywhere), and
+        what follows from them."""
+        self.train_dataset_len = dataset_len
+        self.batch_sizes: PPOBatchSizes = ppo_batch_sizes(self.args, self.accelerator.num_processes, dataset_len)
+        # One micro-batch per update: the rollout's forward doubles as the first PPO epoch's (see
+        # `_old_logprobs_and_values`). An attribute, so that a test can turn the reuse off and compare.
+        self.reuse_rollout_forward = self.batch_sizes.one_micro_batch_per_update
+        num_updates = self.batch_sizes.num_total_batches
+        self.sample_generations_freq = max(1, num_updates // max(1, self.args.num_sample_generations))
 
-        super().__init__(
-            model=PolicyAndValue(model, value_model, args.gradient_checkpointing_kwargs),
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-        )
-        self.user_collator = data_collator
-
-        # Derived batch sizes, computed once. One update (one rollout) = batch_size episodes over all ranks.
-        world_size = self.accelerator.num_processes
-        args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        args.micro_batch_size = args.per_device_train_batch_size * world_size
-        args.batch_size = args.local_batch_size * world_size
-        args.local_mini_batch_size = exact_div(
-            args.local_batch_size,
-            args.num_mini_batches,
-            "per_device_train_batch_size * gradient_accumulation_steps must be divisible by num_mini_batches",
-        )
-        args.mini_batch_size = args.local_mini_batch_size * world_size
-        # Micro-batches of per_device_train_batch_size (or the whole minibatch when it is smaller, as with
-        # num_mini_batches > gradient_accumulation_steps), accumulated into one optimiser step per minibatch.
-        self.micro_batch_size = min(args.per_device_train_batch_size, args.local_mini_batch_size)
-        self.grad_accum_steps = exact_div(
-            args.local_mini_batch_size,
-            self.micro_batch_size,
-            "the per-rank minibatch (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
-            "must be divisible by per_device_train_batch_size",
-        )
-        # One micro-batch per update: the rollout's forward doubles as the first PPO epoch's (see `_rollout`).
-        self.reuse_rollout_forward = self.micro_batch_size == args.local_batch_size
-        self.train_dataset_len = len(train_dataset)
-        if self.train_dataset_len < args.batch_size:
-            raise ValueError(
-                f"train_dataset has {self.train_dataset_len} prompts, fewer than one update's batch_size "
-                f"{args.batch_size} (per_device_train_batch_size * gradient_accumulation_steps * num_processes)."
-            )
-        if args.max_steps > 0:  # TrainingArguments' own way to fix the run length wins, counted in updates
-            args.total_episodes = args.max_steps * args.batch_size
-        elif args.total_episodes is None:
-            args.total_episodes = int(args.num_train_epochs * self.train_dataset_len)
-        args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)
-        self.batches_per_epoch = self.train_dataset_len // args.batch_size
-        self.sample_generations_freq = max(1, args.num_total_batches // max(1, args.num_sample_generations))
-
-        # Optimiser and scheduler (stepped once per update), then distributed wrapping of the trained pair.
-        self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
+    def _build_optimizer_and_place_models(self) -> None:
+        """AdamW and the scheduler (stepped once per update), the distributed wrapping of the trained policy + value
+        pair, and the frozen reward and reference models on the device (under DeepSpeed: as inference engines)."""
+        self.create_optimizer_and_scheduler(num_training_steps=self.batch_sizes.num_total_batches)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.is_deepspeed_enabled:
             self.deepspeed = self.model_wrapped
@@ -712,19 +475,21 @@ class RobustPPOTrainer(_BaseTrainer):
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's prompts for update `update` (0-based): a seeded shuffle per epoch, drop-last, so the data order
         depends only on the update index (which makes resuming exact)."""
-        args = self.args
-        epoch, index = divmod(update, self.batches_per_epoch)
-        generator = torch.Generator().manual_seed(args.seed + epoch)
+        sizes = self.batch_sizes
+        epoch, index = divmod(update, sizes.batches_per_epoch)
+        generator = torch.Generator().manual_seed(self.args.seed + epoch)
         order = torch.randperm(self.train_dataset_len, generator=generator)
-        start = index * args.batch_size + self.accelerator.process_index * args.local_batch_size
-        indices = order[start : start + args.local_batch_size].tolist()
+        start = index * sizes.batch_size + self.accelerator.process_index * sizes.local_batch_size
+        indices = order[start : start + sizes.local_batch_size].tolist()
         return self._collate([self.train_dataset[i] for i in indices])
 
     # ---------------------------------------------------------------------------------------------------------------
     # Rollout
     # ---------------------------------------------------------------------------------------------------------------
 
-    def _generation_config(self, temperature: float) -> GenerationConfig:
+    def _sampling_config(self, temperature: float) -> GenerationConfig:
+        """How rollouts (and, near-greedy, sample completions) are generated: pure sampling at `temperature` up to
+        `response_length` tokens, stopping only at the stop token."""
         return GenerationConfig(
             max_new_tokens=self.args.response_length,
             do_sample=True,
@@ -740,7 +505,7 @@ class RobustPPOTrainer(_BaseTrainer):
     def _generate(self, queries: torch.Tensor, query_mask: torch.Tensor, temperature: float) -> torch.Tensor:
         """Sampled responses `[B, response_length]` (right-padded), generated in chunks of
         `local_rollout_forward_batch_size` with the ZeRO-3 weights gathered once (if `ds3_gather_for_generation`)."""
-        config = self._generation_config(temperature)
+        config = self._sampling_config(temperature)
         chunk = self.args.local_rollout_forward_batch_size
         responses = torch.full(
             (queries.shape[0], self.args.response_length), self.filler_id, dtype=torch.long, device=queries.device
@@ -749,7 +514,7 @@ class RobustPPOTrainer(_BaseTrainer):
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
         ) as unwrapped:
             policy = unwrapped.policy
-            with _generation_config(policy, config):
+            with _as_model_generation_config(policy, config):
                 for i in range(0, queries.shape[0], chunk):
                     out = policy.generate(
                         input_ids=queries[i : i + chunk],
@@ -864,27 +629,15 @@ class RobustPPOTrainer(_BaseTrainer):
         input_ids = torch.cat([queries, responses], dim=1)
         attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
 
-        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
-        # With one micro-batch per update, the first PPO epoch runs the policy and value on exactly this batch with
-        # these weights. Run that forward here, with gradients, and let the first epoch backpropagate through it: the
-        # rollout's log-probabilities and values are its detached outputs (so the first ratio is exactly 1), and the
-        # policy and value forwards are not run twice.
-        first_forward = None
-        if self.reuse_rollout_forward and args.num_ppo_epochs > 0:
-            self.model.train()
-            with torch.enable_grad():
-                first_forward = self._policy_and_value_forward(input_ids, attention_mask, responses, context_length)
-            self.model.eval()  # the reference may be this policy with its adapters disabled
-        logprobs, ref_logprobs, values, scores, means, stds = [], [], [], [], [], []
+        logprobs, values, first_epoch_forward = self._old_logprobs_and_values(
+            input_ids, attention_mask, responses, context_length
+        )
+        ref_logprobs, scores, means, stds = [], [], [], []
         chunk = args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
             ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
-            # Same autocast as the training forward (mixed precision), so the first PPO ratio is exactly 1.
+            # Same autocast as the training forward (mixed precision), as for the old log-probabilities.
             with self.accelerator.autocast():
-                if first_forward is None:
-                    logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
-                    # V(s_t) for response token t is read where the token is predicted: position context_length-1+t.
-                    values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
                 with self._reference() as reference:
                     ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
                 scored = self.score(ids, mask, context_length)
@@ -892,10 +645,6 @@ class RobustPPOTrainer(_BaseTrainer):
             if "means" in scored:
                 means.append(scored["means"])
                 stds.append(scored["stds"])
-        if first_forward is None:
-            logprobs, values = torch.cat(logprobs), torch.cat(values)
-        else:
-            logprobs, values = first_forward[0].detach(), first_forward[1].detach()
         ref_logprobs, values, raw_scores = torch.cat(ref_logprobs), values.float(), torch.cat(scores)
         check_finite_scores(
             raw_scores,
@@ -926,11 +675,43 @@ class RobustPPOTrainer(_BaseTrainer):
             "scores": scores,
             "has_stop": has_stop,
             "context_length": torch.tensor(context_length),
-            "first_forward": first_forward,  # (logprobs, values, entropy) with their graph, or None
+            "first_epoch_forward": first_epoch_forward,  # see `_old_logprobs_and_values`
         }
         if means:
             batch["means"], batch["stds"] = torch.cat(means), torch.cat(stds)
         return batch
+
+    def _old_logprobs_and_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, responses: torch.Tensor, context_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """
+        The rollout policy's log-probabilities of the responses and the values, `[B, R]` each: the "old" ones of PPO's
+        ratio and value clip. Returns `(logprobs, values, first_epoch_forward)`.
+
+        With one micro-batch per update (`reuse_rollout_forward`), the first PPO epoch would run the policy and value
+        model on exactly this batch with these weights. That training forward runs here instead, with gradients, and
+        comes back as `first_epoch_forward` (`(logprobs, values, entropy)` with their graph) for the first epoch to
+        back-propagate through; the old log-probabilities and values are its detached outputs (so the first ratio is
+        exactly 1), and the policy and value forwards are not run twice. Otherwise they come from no-grad forwards in
+        chunks of `local_rollout_forward_batch_size`, under the training forward's autocast, and `first_epoch_forward`
+        is None.
+        """
+        if self.reuse_rollout_forward and self.args.num_ppo_epochs > 0:
+            self.model.train()
+            with torch.enable_grad():
+                forward = self._policy_and_value_forward(input_ids, attention_mask, responses, context_length)
+            self.model.eval()  # the reference may be this policy with its adapters disabled
+            return forward[0].detach(), forward[1].detach(), forward
+        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
+        logprobs, values = [], []
+        chunk = self.args.local_rollout_forward_batch_size
+        for i in range(0, input_ids.shape[0], chunk):
+            ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
+            with self.accelerator.autocast():  # mixed precision as in training, so the first PPO ratio is exactly 1
+                logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
+                # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
+                values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
+        return torch.cat(logprobs), torch.cat(values), None
 
     # ---------------------------------------------------------------------------------------------------------------
     # Optimisation
@@ -951,26 +732,27 @@ class RobustPPOTrainer(_BaseTrainer):
     def _ppo_epochs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`num_ppo_epochs` passes over the rollout, each split in `num_mini_batches` optimiser steps of
         `gradient_accumulation_steps`-many micro-batches. Returns per-micro-batch statistics."""
-        args = self.args
+        args, sizes = self.args, self.batch_sizes
         model = self.model_wrapped
         context_length = int(batch["context_length"])
         is_deepspeed = self.is_deepspeed_enabled
         stats = defaultdict(list)
-        first_forward = batch.pop("first_forward", None)
+        first_epoch_forward = batch.pop("first_epoch_forward", None)
         self.model.train()
         for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(args.local_batch_size)
-            for mb_start in range(0, args.local_batch_size, args.local_mini_batch_size):
-                minibatch = order[mb_start : mb_start + args.local_mini_batch_size]
-                for step, micro_start in enumerate(range(0, len(minibatch), self.micro_batch_size)):
-                    idx = minibatch[micro_start : micro_start + self.micro_batch_size].to(batch["input_ids"].device)
-                    last_micro = step == self.grad_accum_steps - 1
+            order = torch.randperm(sizes.local_batch_size)
+            for mb_start in range(0, sizes.local_batch_size, sizes.local_mini_batch_size):
+                minibatch = order[mb_start : mb_start + sizes.local_mini_batch_size]
+                micro = sizes.local_micro_batch_size
+                for step, micro_start in enumerate(range(0, len(minibatch), micro)):
+                    idx = minibatch[micro_start : micro_start + micro].to(batch["input_ids"].device)
+                    last_micro = step == sizes.grad_accum_steps - 1
                     self.accelerator.gradient_state._set_sync_gradients(last_micro)
                     sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
                     with sync:
-                        if first_forward is not None:  # the rollout ran this micro-batch's forward (see _rollout)
-                            new_logprobs, vpred, entropy = (t[idx] for t in first_forward)
-                            first_forward = None
+                        if first_epoch_forward is not None:  # the rollout ran it (`_old_logprobs_and_values`)
+                            new_logprobs, vpred, entropy = (t[idx] for t in first_epoch_forward)
+                            first_epoch_forward = None
                         else:
                             new_logprobs, vpred, entropy = self._policy_and_value_forward(
                                 batch["input_ids"][idx],
@@ -985,7 +767,7 @@ class RobustPPOTrainer(_BaseTrainer):
                         vf_loss, vf_clipfrac = value_loss(
                             vpred, batch["values"][idx], batch["returns"][idx], mask, args.cliprange_value
                         )
-                        loss = (pg_loss + args.vf_coef * vf_loss) / self.grad_accum_steps
+                        loss = (pg_loss + args.vf_coef * vf_loss) / sizes.grad_accum_steps
                         kwargs = {"scale_wrt_gas": False} if is_deepspeed else {}
                         self.accelerator.backward(loss, **kwargs)
                     with torch.no_grad():
@@ -1036,7 +818,10 @@ class RobustPPOTrainer(_BaseTrainer):
             "episode": self.state.episode,
         }
         if "means" in batch:
-            metrics.update(self._robust_metrics(gather(batch["means"]), gather(batch["stds"])))
+            means, stds = gather(batch["means"]), gather(batch["stds"])
+            metrics.update(self._robust_metrics(means, stds))
+            # every update, logged or not: a HackingMonitor's window follows every rollout
+            metrics.update(monitor_metrics(self.callback_handler.callbacks, means, stds, self.state.global_step))
         return metrics
 
     def _robust_metrics(self, means: torch.Tensor, stds: torch.Tensor) -> dict[str, float]:
@@ -1050,9 +835,9 @@ class RobustPPOTrainer(_BaseTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> None:
         """Run `num_total_batches` PPO updates: rollout -> score -> rewards -> GAE -> PPO epochs."""
-        args = self.args
-        self.state.max_steps = args.num_total_batches
-        self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
+        args, sizes = self.args, self.batch_sizes
+        self.state.max_steps = sizes.num_total_batches
+        self.state.num_train_epochs = sizes.total_episodes / self.train_dataset_len
         self.state.logging_steps = self._absolute_steps(args.logging_steps)
         self.state.save_steps = self._absolute_steps(args.save_steps)
         self.state.eval_steps = self._absolute_steps(args.eval_steps)
@@ -1063,15 +848,15 @@ class RobustPPOTrainer(_BaseTrainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         self._start_time, self._session_episodes = time.time(), 0
 
-        for update in range(self.state.global_step, args.num_total_batches):
+        for update in range(self.state.global_step, sizes.num_total_batches):
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
             self.model.eval()
             batch = self._rollout(queries, query_mask)
             stats = self._ppo_epochs(batch)
 
-            self.state.episode += args.batch_size
-            self._session_episodes += args.batch_size
+            self.state.episode += sizes.batch_size
+            self._session_episodes += sizes.batch_size
             self.state.global_step += 1
             self.state.epoch = self.state.episode / self.train_dataset_len
             metrics = self._metrics(batch, stats)
@@ -1079,7 +864,7 @@ class RobustPPOTrainer(_BaseTrainer):
             self.lr_scheduler.step()
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             # Every logging_steps updates, and the last one (so that a run shorter than logging_steps logs a row).
-            if self.control.should_log or self.state.global_step == args.num_total_batches:
+            if self.control.should_log or self.state.global_step == sizes.num_total_batches:
                 self.log(metrics)
                 self.control.should_log = False
             # Sample completions before saving: they draw random numbers, and the checkpoint's RNG state must be the
@@ -1200,11 +985,10 @@ class RobustPPOTrainer(_BaseTrainer):
         self._load_optimizer_and_scheduler(checkpoint)
         self._load_rng_state(checkpoint)
         saved = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
-        if saved.global_step > self.args.num_total_batches:
-            raise ValueError(
-                f"{checkpoint!r} is at update {saved.global_step}, past this run's {self.args.num_total_batches}."
-            )
+        num_updates = self.batch_sizes.num_total_batches
+        if saved.global_step > num_updates:
+            raise ValueError(f"{checkpoint!r} is at update {saved.global_step}, past this run's {num_updates}.")
         self.state.global_step = saved.global_step
         self.state.log_history = saved.log_history
-        self.state.episode = saved.global_step * self.args.batch_size
+        self.state.episode = saved.global_step * self.batch_sizes.batch_size
         self.state.epoch = self.state.episode / self.train_dataset_len

@@ -41,8 +41,11 @@ def preference_data(num_pairs: int) -> Dataset:
 
 
 def gathered_score(model) -> dict[str, torch.Tensor]:
-    """The heads' full weights, also when ZeRO-3 has partitioned them (a no-op gather otherwise)."""
-    params = dict(model.score.named_parameters())
+    """The members' full weights (heads, and per-member adapters if any), also when ZeRO-3 has partitioned them (a
+    no-op gather otherwise)."""
+    params = {f"score.{n}": p for n, p in model.score.named_parameters()}
+    if hasattr(model, "member_adapters"):
+        params.update({f"member_adapters.{n}": p for n, p in model.member_adapters.named_parameters()})
     partitioned = [p for p in params.values() if hasattr(p, "ds_id")]
     if partitioned:
         import deepspeed
@@ -63,6 +66,8 @@ def main() -> None:
         help="without --model: BRMERewardModel(config) or BRMERewardModel._from_config(config) (zero.Init on ZeRO-3)",
     )
     parser.add_argument("--num_heads", type=int, default=3)
+    parser.add_argument("--head_type", default="linear", help="BRMEConfig.head_type of the in-memory BRME")
+    parser.add_argument("--prior_scale", type=float, default=0.0, help="BRMEConfig.prior_scale of the in-memory BRME")
     parser.add_argument("--max_steps", type=int, default=4)
     parser.add_argument("--num_pairs", type=int, default=16)
     parser.add_argument("--no_gradient_checkpointing", action="store_true")
@@ -87,7 +92,12 @@ def main() -> None:
     # After the config exists: under ZeRO-3 the DeepSpeed config is now live, as it is in a user's script.
     torch.manual_seed(0)
     if cli.model is None:
-        config = BRMEConfig(text_config=tiny_llama_config(tokenizer).to_dict(), num_heads=cli.num_heads)
+        config = BRMEConfig(
+            text_config=tiny_llama_config(tokenizer).to_dict(),
+            num_heads=cli.num_heads,
+            head_type=cli.head_type,
+            prior_scale=cli.prior_scale,
+        )
         model = BRMERewardModel(config) if cli.build == "init" else BRMERewardModel._from_config(config)
     else:
         model = cli.model

@@ -132,7 +132,7 @@ def main() -> None:
             "deepspeed": trainer.is_deepspeed_enabled,
             "zero_stage": stage,
             "world_size": trainer.accelerator.num_processes,
-            "batch_size": trainer.args.batch_size,
+            "batch_size": trainer.batch_sizes.batch_size,
             "param_checksums": checksums,
             "partitioned_at_load": partitioned_at_load,
             "peft": trainer.is_peft_model,
