@@ -5,7 +5,7 @@ Every arm trains on the same backbone, the same pairs, steps, learning rate and 
 - `trl`: TRL's own `RewardTrainer` on `AutoModelForSequenceClassification(num_labels=1)` (one linear head).
 - a BRME arm, `BRMERewardTrainer` on a new BRME of `--num-heads` members: a name of `ARMS` (`linear`,
   `linear+prior`, `mlp`, `mlp+prior`, `lora`, `lora+prior`, `paper`, `bt`, `reparam`) or any `key=value[,key=value]`
-  of `BRMEConfig` / `BRMERewardConfig` fields (`head_type=mlp,prior_scale=3,brme_loss=reparam`).
+  of `BRMERewardConfig` fields (`head_type=mlp,prior_scale=3,brme_loss=reparam`); the trainer builds the BRME.
 
 Data: `load_hh_rlhf_harmless` train + test concatenated (1,800 pairs; explicit prompts, so exploits can be made from
 the answers), pairs over `--max-length` tokens dropped up front (so every arm sees the same pairs), shuffled once with
@@ -109,25 +109,26 @@ def parse_args(argv=None):
 
 
 def arm_settings(p: argparse.ArgumentParser, arm: str) -> dict:
-    """An arm's BRMEConfig / BRMERewardConfig settings: a name of ARMS, or key=value pairs joined by commas."""
+    """An arm's BRMERewardConfig settings: a name of ARMS, or key=value pairs joined by commas."""
     if arm in ARMS:
         return dict(ARMS[arm])
     if "=" not in arm:
         p.error(f"unknown arm {arm!r}: use one of {sorted(ARMS)} or key=value[,key=value] settings")
-    from trl_robust import BRMEConfig, BRMERewardConfig
+    from trl_robust import BRMERewardConfig
 
-    known = set(BRMERewardConfig.__dataclass_fields__) | set(MODEL_FIELDS) | set(BRMEConfig.__dataclass_fields__)
+    known = set(BRMERewardConfig.__dataclass_fields__)  # member settings included: the trainer builds the BRME
     settings = {}
     for item in arm.split(","):
         key, _, raw = item.partition("=")
         if key not in known:
-            p.error(f"arm {arm!r}: {key!r} is no BRMEConfig or BRMERewardConfig field")
+            p.error(f"arm {arm!r}: {key!r} is no BRMERewardConfig field")
         settings[key] = json.loads(raw) if raw[:1].isdigit() or raw in ("true", "false", "null") else raw
     return settings
 
 
 def split_settings(settings: dict) -> tuple[dict, dict]:
-    """(model settings for BRMEConfig, trainer settings for BRMERewardConfig)."""
+    """(the settings that shape the BRME itself, the rest): all are BRMERewardConfig fields; the first part is what
+    `check_supported` builds a tiny BRMEConfig with."""
     model = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
     return model, {k: v for k, v in settings.items() if k not in MODEL_FIELDS}
 
@@ -228,10 +229,10 @@ def backbone_path(args, workdir: Path) -> str:
 
 def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
+    from trl_robust import BRMERewardConfig, BRMERewardTrainer
     from trl_robust.evaluation import evaluate_reward_model
     from trl_robust.metrics import fit_temperature
     from trl_robust.scoring import reward_model_outputs
@@ -273,16 +274,10 @@ def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
         trainer = RewardTrainer(
             model=model, args=RewardConfig(**common), train_dataset=train, processing_class=tokenizer
         )
-    else:
-        model_settings, train_settings = split_settings(settings)
-        backbone = AutoModel.from_pretrained(path)
-        torch.manual_seed(args.seed)  # the members' random init is part of the run
-        config = BRMEConfig(text_config=backbone.config, num_heads=args.num_heads, **model_settings)
-        config._name_or_path = path
-        model = BRMERewardModel(config, backbone=backbone)
+    else:  # the trainer builds the BRME on the backbone from the config, its members' init seeded by args.seed
         trainer = BRMERewardTrainer(
-            model=model,
-            args=BRMERewardConfig(**common, num_heads=args.num_heads, calibrate=False, **train_settings),
+            model=path,
+            args=BRMERewardConfig(**common, num_heads=args.num_heads, calibrate=False, **settings),
             train_dataset=train,
             eval_dataset=calibration,
             processing_class=tokenizer,

@@ -35,7 +35,7 @@ def test_arms_are_parsed_and_bad_ones_named(capsys):
     assert "unknown arm 'cnn'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         brme_members.parse_args(["--arms", "heads=3"])
-    assert "'heads' is no BRMEConfig" in capsys.readouterr().err
+    assert "'heads' is no BRMERewardConfig field" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="head_type"):
         brme_members.check_supported("bad", {"head_type": "cnn"})
 

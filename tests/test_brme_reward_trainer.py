@@ -408,3 +408,22 @@ def test_calibration_fits_a_temperature_and_saves_it(tmp_path, smol_tokenizer):
 def test_paper_recipe_settings_are_checked(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         config(tmp_path, **{field: value})
+
+
+def test_string_model_gets_the_member_type_of_the_config(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    plain = tmp_path / "plain"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
+    smol_tokenizer.save_pretrained(plain)
+    data = Dataset.from_list(preference_rows(16))
+    args = config(tmp_path / "a", max_steps=1, head_type="mlp", head_hidden_size=12, prior_scale=2.0)
+    trainer = BRMERewardTrainer(model=str(plain), args=args, train_dataset=data, processing_class=smol_tokenizer)
+    built = trainer.model.config
+    assert (built.head_type, built.head_hidden_size, built.prior_scale) == ("mlp", 12, 2.0)
+    with pytest.raises(ValueError, match="member_layers"):
+        BRMERewardTrainer(
+            model=str(plain),
+            args=config(tmp_path / "b", head_type="lora", member_layers=5),
+            train_dataset=data,
+            processing_class=smol_tokenizer,
+        )

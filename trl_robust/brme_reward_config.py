@@ -22,6 +22,8 @@ class BRMERewardConfig(RewardConfig):
         robust_lambda (`float`, defaults to 0.4): Weight of the nominal reward in the robust reward of a new BRME.
         std_floor (`float`, defaults to 1e-3): Lower bound of every predicted std of a new BRME.
         init_std (`float`, defaults to 1.0): Std every head of a new BRME predicts at initialisation.
+        head_type, head_hidden_size, prior_scale, member_layers, member_lora_rank: What each member of a new BRME
+            is (see [`BRMEConfig`]): `"linear"`, `"mlp"` or `"lora"` members, optional randomised priors.
         brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"`, `"bt"` or `"bt_then_gaussian"`
             (the paper's two-stage recipe in one run).
         bt_phase_fraction (`float`, defaults to 0.5): For `"bt_then_gaussian"`: share of the optimiser steps of the
@@ -54,6 +56,29 @@ class BRMERewardConfig(RewardConfig):
         default=1.0,
         metadata={"help": "Standard deviation every head of a new BRME predicts at initialisation."},
     )
+    head_type: str = field(
+        default="linear",
+        metadata={
+            "help": "Member type of a new BRME: 'linear' (a linear Gaussian head on the shared feature), 'mlp' (a "
+            "per-member MLP) or 'lora' (per-member LoRA adapters on the top member_layers backbone layers).",
+            "choices": ["linear", "mlp", "lora"],
+        },
+    )
+    head_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "Hidden units of each 'mlp' member of a new BRME; a quarter of the backbone's when unset."},
+    )
+    prior_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Randomised prior functions of a new BRME: each member's mean adds prior_scale times a frozen "
+            "random head's output (0: off)."
+        },
+    )
+    member_layers: int = field(
+        default=1, metadata={"help": "For head_type='lora': top backbone layers carrying per-member adapters."}
+    )
+    member_lora_rank: int = field(default=8, metadata={"help": "For head_type='lora': rank of each member's adapters."})
     brme_loss: str = field(
         default="gaussian_bt",
         metadata={

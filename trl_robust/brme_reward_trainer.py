@@ -189,6 +189,11 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
             robust_lambda=args.robust_lambda,
             std_floor=args.std_floor,
             init_std=args.init_std,
+            head_type=args.head_type,
+            head_hidden_size=args.head_hidden_size,
+            prior_scale=args.prior_scale,
+            member_layers=args.member_layers,
+            member_lora_rank=args.member_lora_rank,
             **init_kwargs,
         )
 
