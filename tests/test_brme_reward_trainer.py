@@ -382,6 +382,8 @@ def test_calibration_fits_a_temperature_and_saves_it(tmp_path, smol_tokenizer):
     logged = [entry for entry in trainer.state.log_history if "calibration_temperature" in entry][-1]
     assert logged["calibration_temperature"] == temperature
     assert logged["eval_calibrated_ece"] <= logged["eval_calibration_ece"] + 1e-9
+    # on demand, on raw text pairs (tokenised as the eval split was), with the same fit
+    assert trainer.calibrate(data.select(range(16))) == pytest.approx(temperature)
     trainer.save_model(tmp_path / "saved")
     assert BRMERewardModel.from_pretrained(tmp_path / "saved").config.calibration_temperature == temperature
 

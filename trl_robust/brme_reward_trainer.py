@@ -281,9 +281,13 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
         datasets = list(dataset.values()) if isinstance(dataset, dict) else [dataset]
         chosen, rejected = [], []
         for part in datasets:
-            for row in part:
-                chosen.append(list(row["chosen_ids"]))
-                rejected.append(list(row["rejected_ids"]))
+            if isinstance(part, Dataset):  # whole columns: one Arrow read instead of a Python loop over rows
+                chosen += part["chosen_ids"]
+                rejected += part["rejected_ids"]
+            else:
+                for row in part:
+                    chosen.append(list(row["chosen_ids"]))
+                    rejected.append(list(row["rejected_ids"]))
         return chosen, rejected
 
     @torch.no_grad()
@@ -310,11 +314,16 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RewardTrainer):
         Fit the temperature T of the ensemble's pair probability
         `P(chosen > rejected) = (1/K) sum_k sigmoid(gap_k / sqrt(T^2 + pi/8 * var_k))` (= mean_k E[sigmoid(z_k / T)],
         z_k ~ N(gap_k, var_k), gap_k = mu_k(chosen) - mu_k(rejected), var_k = sigma_k(chosen)^2 + sigma_k(rejected)^2)
-        by minimising its NLL on `dataset` (default: the eval split, already tokenised), store it in
+        by minimising its NLL on `dataset` (default: the eval split; any preference dataset the trainer accepts, which
+        is tokenised and length-filtered as the eval split was), store it in
         `model.config.calibration_temperature` and log `eval_calibration_ece` (T = 1), `eval_calibrated_ece` and
         `calibration_temperature`. Returns T.
         """
-        chosen, rejected = self._pair_ids(self.eval_dataset if dataset is None else dataset)
+        if dataset is None:
+            dataset = self.eval_dataset
+        elif "chosen_ids" not in (dataset.column_names or []):
+            dataset = self._prepare_dataset(dataset, self.processing_class, self.args, "calibration")
+        chosen, rejected = self._pair_ids(dataset)
         if not chosen:
             raise ValueError("BRMERewardTrainer.calibrate needs at least one pair in the eval split.")
         means_c, means_r, stds_c, stds_r = self._score_pairs(self.model, chosen, rejected)
