@@ -9,13 +9,14 @@ from trl import RewardConfig, RewardTrainer
 
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
-from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses
+from trl_robust.brme_reward_trainer import bootstrap_weights, brme_pair_losses, gaussian_regression_losses
 from trl_robust.metrics import expected_calibration_error
 
 
-def tiny_brme(tokenizer, kind="llama", num_heads=3):
+def tiny_brme(tokenizer, kind="llama", num_heads=3, **member_settings):
     torch.manual_seed(0)
-    return BRMERewardModel(BRMEConfig(text_config=tiny_text_config(kind, len(tokenizer)), num_heads=num_heads))
+    config = BRMEConfig(text_config=tiny_text_config(kind, len(tokenizer)), num_heads=num_heads, **member_settings)
+    return BRMERewardModel(config)
 
 
 def config(tmp_path, **overrides):
@@ -327,3 +328,168 @@ def test_a_string_model_gets_the_same_heads_for_the_same_seed(tmp_path, smol_tok
         trainer = BRMERewardTrainer(model=str(plain), args=config(tmp_path / str(run), seed=seed), train_dataset=data)
         heads.append(trainer.model.score.weight.detach().clone())
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_gaussian_regression_losses_match_sampling():
+    mc, mr = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.2, 0.5]])
+    sc, sr = torch.tensor([[0.3, 1.0]]), torch.tensor([[0.4, 2.0]])
+    target = torch.tensor([2.0])
+    closed = gaussian_regression_losses(mc, sc, mr, sr, target)
+    torch.testing.assert_close(closed, (mc - 2) ** 2 + sc**2 + (mr + 2) ** 2 + sr**2)
+    torch.manual_seed(0)
+    eps = torch.randn(200_000, 2, 1, 2)
+    sampled = ((mc + sc * eps[:, 0] - 2) ** 2 + (mr + sr * eps[:, 1] + 2) ** 2).mean(0)
+    torch.testing.assert_close(closed, sampled, atol=0.05, rtol=0.02)
+
+
+def test_bt_then_gaussian_trains_bt_then_regresses_onto_frozen_targets(tmp_path, smol_tokenizer):
+    model = tiny_brme(smol_tokenizer)
+    data = Dataset.from_list(preference_rows(48))
+    trainer = BRMERewardTrainer(
+        model=model,
+        args=config(tmp_path, num_train_epochs=4, brme_loss="bt_then_gaussian", bt_phase_fraction=0.5),
+        train_dataset=data,
+        processing_class=smol_tokenizer,
+    )
+    std_bias = trainer.model.score.bias[3:].detach().clone()
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    phases = [entry["bt_phase"] for entry in logs]
+    assert phases[: len(phases) // 2] == [1.0] * (len(phases) // 2) and phases[-1] == 2.0
+    targets = trainer._bt_targets
+    assert targets is not None and len(targets) == 48 and all(0.0 < p < 1.0 for p in targets.values())
+    # Phase 1 learned the task: the frozen teacher prefers the chosen side of every pair.
+    assert min(targets.values()) > 0.5
+    # Phase 2 moved the means towards +-10 (p - 0.5) and the stds (which get no BT signal in phase 1) down.
+    means_c, means_r, stds_c, _ = trainer._score_pairs(trainer.model, *trainer._pair_ids(trainer.train_dataset))
+    assert (means_c > means_r).all()
+    assert trainer.model.score.bias[3:].mean() < std_bias.mean()
+    phase_two = [entry["loss"] for entry in logs if entry["bt_phase"] == 2.0]
+    assert phase_two[-1] < phase_two[0]
+
+
+def test_calibration_fits_a_temperature_and_saves_it(tmp_path, smol_tokenizer):
+    data = Dataset.from_list(preference_rows(48))
+    trainer = BRMERewardTrainer(
+        model=tiny_brme(smol_tokenizer),
+        args=config(tmp_path, num_train_epochs=3, eval_strategy="no"),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        processing_class=smol_tokenizer,
+    )
+    trainer.train()
+    temperature = trainer.model.config.calibration_temperature
+    assert temperature != 1.0
+    logged = [entry for entry in trainer.state.log_history if "calibration_temperature" in entry][-1]
+    assert logged["calibration_temperature"] == temperature
+    assert logged["eval_calibrated_ece"] <= logged["eval_calibration_ece"] + 1e-9
+    # on demand, on raw text pairs (tokenised as the eval split was), with the same fit
+    assert trainer.calibrate(data.select(range(16))) == pytest.approx(temperature)
+    trainer.save_model(tmp_path / "saved")
+    assert BRMERewardModel.from_pretrained(tmp_path / "saved").config.calibration_temperature == temperature
+
+    off = BRMERewardTrainer(
+        model=tiny_brme(smol_tokenizer),
+        args=config(tmp_path / "off", max_steps=1, calibrate=False),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        processing_class=smol_tokenizer,
+    )
+    off.train()
+    assert off.model.config.calibration_temperature == 1.0
+    assert not any("calibration_temperature" in entry for entry in off.state.log_history)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("brme_loss", "paper", "brme_loss"),
+        ("bt_phase_fraction", 1.0, "bt_phase_fraction"),
+        ("bt_target_scale", 0.0, "bt_target_scale"),
+    ],
+)
+def test_paper_recipe_settings_are_checked(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **{field: value})
+
+
+def test_string_model_gets_the_member_type_of_the_config(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    plain = tmp_path / "plain"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
+    smol_tokenizer.save_pretrained(plain)
+    data = Dataset.from_list(preference_rows(16))
+    args = config(tmp_path / "a", max_steps=1, head_type="mlp", head_hidden_size=12, prior_scale=2.0)
+    trainer = BRMERewardTrainer(model=str(plain), args=args, train_dataset=data, processing_class=smol_tokenizer)
+    built = trainer.model.config
+    assert (built.head_type, built.head_hidden_size, built.prior_scale) == ("mlp", 12, 2.0)
+    with pytest.raises(ValueError, match="member_layers"):
+        BRMERewardTrainer(
+            model=str(plain),
+            args=config(tmp_path / "b", head_type="lora", member_layers=5),
+            train_dataset=data,
+            processing_class=smol_tokenizer,
+        )
+
+
+def test_peft_trains_mlp_members_with_priors_and_refuses_lora_members(tmp_path, smol_tokenizer):
+    model = tiny_brme(smol_tokenizer, head_type="mlp", prior_scale=1.0)
+    prior = model.score.prior_weight.clone()
+    before = model.score.fc2_weight.detach().clone()
+    trainer = BRMERewardTrainer(
+        model=model,
+        args=config(tmp_path),
+        train_dataset=Dataset.from_list(preference_rows(16)),
+        processing_class=smol_tokenizer,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8),
+    )
+    trainer.train()
+    heads = trainer.model.base_model.model.score.modules_to_save["default"]
+    assert not torch.equal(heads.fc2_weight, before)  # the members train beside the adapter
+    torch.testing.assert_close(heads.prior_weight, prior)  # their priors do not
+    trainer.save_model(str(tmp_path / "adapter"))
+    reloaded = PeftModel.from_pretrained(
+        tiny_brme(smol_tokenizer, head_type="mlp", prior_scale=1.0), str(tmp_path / "adapter")
+    )
+    ids = torch.randint(1, 100, (2, 5))
+    trainer.model.eval()
+    torch.testing.assert_close(reloaded.eval()(input_ids=ids).means, trainer.model(input_ids=ids).means)
+
+    with pytest.raises(ValueError, match="head_type='lora' already trains per-member low-rank adapters"):
+        BRMERewardTrainer(
+            model=tiny_brme(smol_tokenizer, head_type="lora"),
+            args=config(tmp_path / "lora"),
+            train_dataset=Dataset.from_list(preference_rows(16)),
+            processing_class=smol_tokenizer,
+            peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8),
+        )
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("head_type", "ensemble", "BRMERewardConfig.head_type must be one of linear, mlp, lora"),
+        ("prior_scale", -0.5, "BRMERewardConfig.prior_scale must be a finite number >= 0"),
+        ("member_layers", 0, "BRMERewardConfig.member_layers must be an integer >= 1"),
+    ],
+)
+def test_member_settings_are_checked_when_the_config_is_made(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **{field: value})
+
+
+def test_trainer_builds_the_configured_member_type_from_a_path(tmp_path, smol_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    backbone = tmp_path / "backbone"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(backbone)
+    trainer = BRMERewardTrainer(
+        model=str(backbone),
+        args=config(tmp_path / "run", head_type="lora", member_layers=2, prior_scale=0.5, max_steps=2),
+        train_dataset=Dataset.from_list(preference_rows(16)),
+        processing_class=smol_tokenizer,
+    )
+    cfg = trainer.model.config
+    assert (cfg.head_type, cfg.member_layers, cfg.prior_scale) == ("lora", 2, 0.5)
+    trainer.train()
+    assert any(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if n.endswith("lora_B"))

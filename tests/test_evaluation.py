@@ -9,7 +9,7 @@ from transformers import LlamaForSequenceClassification
 from tests.conftest import preference_rows, tiny_text_config
 from trl_robust import BRMEConfig, BRMERewardModel, cli
 from trl_robust.evaluation import evaluate_reward_model, preference_metrics
-from trl_robust.metrics import auroc, reliability_bins
+from trl_robust.metrics import auroc, expected_calibration_error, fit_temperature, pair_probability, reliability_bins
 
 
 def test_auroc_by_hand():
@@ -38,13 +38,26 @@ def test_preference_metrics_by_hand():
     assert m["head_disagreement"] == pytest.approx(torch.cat([means_c, means_r]).std(-1, unbiased=False).mean().item())
     assert m["auroc_std_flags_errors"] == pytest.approx(0.5)  # every pair has the same predicted std: a tie
     # disagreement on the gap: 0.25, 0.75 (the wrong pair), 1.5: above one right pair, below the other
-    assert m["auroc_disagreement_flags_errors"] == pytest.approx(0.5)
+    assert m["auroc_epistemic_flags_errors"] == pytest.approx(0.5)
+    # aleatoric (mean std of both answers): 0.55, 0.55 (wrong), 0.55: all tied
+    assert m["auroc_aleatoric_flags_errors"] == pytest.approx(0.5)
+    # |robust margin|: 0.75, 0.25 (the wrong pair), 0.5: the wrong pair has the smallest, a perfect flag
+    assert m["auroc_margin_flags_errors"] == pytest.approx(1.0)
+    assert m["ece"] == m["calibrated_ece"] and m["calibration_temperature"] == 1.0
+    hot = preference_metrics(means_c, means_r, stds_c, stds_r, robust_lambda=0.5, temperature=3.0)
+    expected = torch.sigmoid((means_c - means_r) / torch.sqrt(9 + math.pi / 8 * var)).mean(-1)
+    assert hot["calibrated_ece"] == pytest.approx(expected_calibration_error(expected))
+    assert hot["ece"] == m["ece"] and hot["calibration_temperature"] == 3.0
+    skewed = stds_c.clone()
+    skewed[1] = 5.0  # the wrong pair now has the largest aleatoric uncertainty
+    assert preference_metrics(means_c, means_r, skewed, stds_r, 0.5)["auroc_aleatoric_flags_errors"] == 1.0
 
     plain = preference_metrics(torch.tensor([[2.0], [-1.0]]), torch.zeros(2, 1))
     assert plain["accuracy_head_0"] == plain["accuracy_robust"] == pytest.approx(0.5)
     expected_brier = ((1 - torch.sigmoid(torch.tensor([2.0, -1.0]))) ** 2).mean().item()
     assert plain["brier"] == pytest.approx(expected_brier)
     assert "auroc_std_flags_errors" not in plain and "head_disagreement" not in plain
+    assert "auroc_margin_flags_errors" in plain and "auroc_epistemic_flags_errors" not in plain
 
 
 def test_reliability_bins_by_hand():
@@ -60,9 +73,10 @@ def test_evaluate_a_brme_and_a_plain_reward_model(tmp_path, smol_tokenizer):
     brme = BRMERewardModel(BRMEConfig(text_config=tiny_text_config("llama", len(smol_tokenizer)), num_heads=3))
     metrics = evaluate_reward_model(brme, smol_tokenizer, data, batch_size=5, output_dir=tmp_path / "brme")
     assert metrics["pairs"] == 12 and metrics["robust_lambda"] == 0.4
-    assert {"accuracy_head_2", "ece", "brier", "auroc_std_flags_errors", "auroc_disagreement_flags_errors"} <= set(
-        metrics
-    )
+    expected = {"accuracy_head_2", "ece", "calibrated_ece", "brier", "auroc_std_flags_errors"}
+    expected |= {"auroc_epistemic_flags_errors", "auroc_aleatoric_flags_errors", "auroc_margin_flags_errors"}
+    assert expected <= set(metrics)
+    assert not any(k.startswith("exploit_") for k in metrics)  # no prompts to build exploits from: left out
     assert json.loads((tmp_path / "brme" / "metrics.json").read_text())["brier"] == metrics["brier"]
     assert "| accuracy_robust |" in (tmp_path / "brme" / "metrics.md").read_text()
     assert (tmp_path / "brme" / "reliability.png").stat().st_size > 5_000
@@ -93,6 +107,34 @@ def test_evaluate_subcommand(tmp_path, smol_tokenizer):
         "train",
         "--output_dir",
         str(tmp_path / "report"),
+        "--exploits",
+        "false",
+        "--temperature",
+        "2.0",
     ]
     assert cli.main(argv) == 0
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["pairs"] == 6
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["pairs"] == 6 and "auroc_epistemic_flags_errors" in report
+    assert report["calibration_temperature"] == 2.0 and not any(k.startswith("exploit_") for k in report)
+
+
+def test_fit_temperature_repairs_an_overconfident_model():
+    torch.manual_seed(0)
+    true_gap = torch.randn(2000, 1) * 1.5
+    won = torch.rand(2000, 1) < torch.sigmoid(true_gap)
+    gap = torch.where(won, true_gap, -true_gap)  # the chosen side is the winner: flip the pairs it lost
+    overconfident = 5.0 * gap  # logits scaled by 5
+    var = torch.zeros_like(gap)
+    before = expected_calibration_error(pair_probability(overconfident, var).mean(-1))
+    temperature = fit_temperature(overconfident, var)
+    after = expected_calibration_error(pair_probability(overconfident, var, temperature).mean(-1))
+    assert temperature == pytest.approx(5.0, rel=0.15)
+    assert after < 0.3 * before
+    assert fit_temperature(overconfident, var) == temperature  # deterministic
+    # The temperature divides the sampled gap: the std shrinks by T too.
+    torch.testing.assert_close(
+        pair_probability(torch.tensor([2.0]), torch.tensor([4.0]), 2.0),
+        pair_probability(torch.tensor([1.0]), torch.tensor([1.0])),
+    )
+    with pytest.raises(ValueError, match="low"):
+        fit_temperature(gap, var, low=2.0)

@@ -1,13 +1,15 @@
 """Configuration of the BRMERewardTrainer."""
 
+import math
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
 from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 from .config_utils import resolve_bf16
+from .configuration_brme import check_member_settings
 
-BRME_LOSSES = ("gaussian_bt", "reparam", "bt")
+BRME_LOSSES = ("gaussian_bt", "reparam", "bt", "bt_then_gaussian")
 BOOTSTRAPS = ("bayesian", "poisson", "none")
 
 
@@ -21,10 +23,19 @@ class BRMERewardConfig(RewardConfig):
         robust_lambda (`float`, defaults to 0.4): Weight of the nominal reward in the robust reward of a new BRME.
         std_floor (`float`, defaults to 1e-3): Lower bound of every predicted std of a new BRME.
         init_std (`float`, defaults to 1.0): Std every head of a new BRME predicts at initialisation.
-        brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"` or `"bt"`.
+        head_type, head_hidden_size, prior_scale, member_layers, member_lora_rank: What each member of a new BRME
+            is (see [`BRMEConfig`]): `"linear"`, `"mlp"` or `"lora"` members, optional randomised priors.
+        brme_loss (`str`, defaults to `"gaussian_bt"`): `"gaussian_bt"`, `"reparam"`, `"bt"` or `"bt_then_gaussian"`
+            (the paper's two-stage recipe in one run).
+        bt_phase_fraction (`float`, defaults to 0.5): For `"bt_then_gaussian"`: share of the optimiser steps of the
+            Bradley-Terry phase.
+        bt_target_scale (`float`, defaults to 10.0): For `"bt_then_gaussian"`: alpha of the regression targets
+            `alpha * (p - 0.5)`.
         num_reparam_samples (`int`, defaults to 8): Monte-Carlo samples per pair for `"reparam"`.
         bootstrap (`str`, defaults to `"bayesian"`): Per-head example weights: `"bayesian"`, `"poisson"`, `"none"`.
         calibration_bins (`int`, defaults to 10): Bins of the expected calibration error metric.
+        calibrate (`bool`, defaults to `True`): Fit the temperature of the pair probability on the eval split at the
+            end of `train()` and store it in `model.config.calibration_temperature`.
     """
 
     num_heads: int = field(
@@ -46,13 +57,53 @@ class BRMERewardConfig(RewardConfig):
         default=1.0,
         metadata={"help": "Standard deviation every head of a new BRME predicts at initialisation."},
     )
+    head_type: str = field(
+        default="linear",
+        metadata={
+            "help": "Member type of a new BRME: 'linear' (a linear Gaussian head on the shared feature), 'mlp' (a "
+            "per-member MLP) or 'lora' (per-member LoRA adapters on the top member_layers backbone layers).",
+            "choices": ["linear", "mlp", "lora"],
+        },
+    )
+    head_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "Hidden units of each 'mlp' member of a new BRME; a quarter of the backbone's when unset."},
+    )
+    prior_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Randomised prior functions of a new BRME: each member's mean adds prior_scale times a frozen "
+            "random head's output (0: off)."
+        },
+    )
+    member_layers: int = field(
+        default=1, metadata={"help": "For head_type='lora': top backbone layers carrying per-member adapters."}
+    )
+    member_lora_rank: int = field(default=8, metadata={"help": "For head_type='lora': rank of each member's adapters."})
     brme_loss: str = field(
         default="gaussian_bt",
         metadata={
             "help": "Per-head training loss. 'gaussian_bt': Bradley-Terry likelihood marginalised over the Gaussian "
             "noise (probit approximation); 'reparam': Monte-Carlo reparameterised samples through Bradley-Terry; "
-            "'bt': Bradley-Terry on the means only (the stds get no signal).",
+            "'bt': Bradley-Terry on the means only (the stds get no signal); 'bt_then_gaussian': the paper's two "
+            "stages in one run: Bradley-Terry on the heads' average mean for the first bt_phase_fraction of the steps, "
+            "then every head's Gaussian regressed onto targets bt_target_scale * (p - 0.5) from that frozen BT model.",
             "choices": list(BRME_LOSSES),
+        },
+    )
+    bt_phase_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "For brme_loss='bt_then_gaussian': share of the optimiser steps spent on the Bradley-Terry phase "
+            "(0 < fraction < 1); the rest regresses the heads onto the BT model's targets."
+        },
+    )
+    bt_target_scale: float = field(
+        default=10.0,
+        metadata={
+            "help": "For brme_loss='bt_then_gaussian': alpha of the regression targets, alpha * (p - 0.5) for the "
+            "chosen side and alpha * (0.5 - p) for the rejected side, p the BT model's P(chosen > rejected) (10 in the "
+            "public re-implementation)."
         },
     )
     num_reparam_samples: int = field(
@@ -73,11 +124,28 @@ class BRMERewardConfig(RewardConfig):
         metadata={"help": "Number of equal-width confidence bins of the expected calibration error (ece) metric."},
     )
 
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end of train(), when there is an eval split, fit the temperature T of the pair probability "
+            "mean_k E[sigmoid(gap_k / T)] by minimising its NLL on the eval split, and store it in "
+            "model.config.calibration_temperature (saved with the model, used by evaluation)."
+        },
+    )
+
     def __post_init__(self):
         self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
         super().__post_init__()
         if self.brme_loss not in BRME_LOSSES:
             raise ValueError(f"BRMERewardConfig.brme_loss must be one of {BRME_LOSSES}, got {self.brme_loss!r}.")
+        check_member_settings(
+            "BRMERewardConfig",
+            self.head_type,
+            self.head_hidden_size,
+            self.prior_scale,
+            self.member_layers,
+            self.member_lora_rank,
+        )
         if self.bootstrap not in BOOTSTRAPS:
             raise ValueError(f"BRMERewardConfig.bootstrap must be one of {BOOTSTRAPS}, got {self.bootstrap!r}.")
         if self.num_heads < 1:
@@ -85,5 +153,11 @@ class BRMERewardConfig(RewardConfig):
         check_robust_lambda(self.robust_lambda, "BRMERewardConfig.robust_lambda")
         if self.num_reparam_samples < 1:
             raise ValueError(f"BRMERewardConfig.num_reparam_samples must be >= 1, got {self.num_reparam_samples!r}.")
+        if not 0.0 < self.bt_phase_fraction < 1.0:
+            raise ValueError(f"BRMERewardConfig.bt_phase_fraction must be in (0, 1), got {self.bt_phase_fraction!r}.")
+        if not (math.isfinite(self.bt_target_scale) and self.bt_target_scale > 0):
+            raise ValueError(
+                f"BRMERewardConfig.bt_target_scale must be a finite number > 0, got {self.bt_target_scale!r}."
+            )
         if self.calibration_bins < 1:
             raise ValueError(f"BRMERewardConfig.calibration_bins must be >= 1, got {self.calibration_bins!r}.")

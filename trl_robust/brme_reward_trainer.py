@@ -1,6 +1,7 @@
 """BRMERewardTrainer: TRL's RewardTrainer for a Bayesian Reward Model Ensemble."""
 
 import hashlib
+import math
 import warnings
 
 import numpy as np
@@ -15,10 +16,11 @@ from trl.trainer.utils import global_then_local_main_first
 from .brme_reward_config import BRMERewardConfig
 from .checkpointing import AtomicCheckpointMixin
 from .configuration_brme import BRMEConfig
-from .metrics import PROBIT_SCALE, expected_calibration_error, pair_probability
+from .metrics import PROBIT_SCALE, expected_calibration_error, fit_temperature, pair_probability
 from .model_card import RobustModelCardMixin
 from .modeling_brme import BRMERewardModel
-from .tokenization import tokenize_for_reward
+from .scoring import reward_model_outputs
+from .tokenization import padding_id, tokenize_for_reward
 from .validation import check_row, validate_preference_rows
 
 
@@ -54,6 +56,25 @@ def brme_pair_losses(
     raise ValueError(f"Unknown BRME loss {loss_type!r}; expected 'gaussian_bt', 'reparam' or 'bt'.")
 
 
+def pair_digest(chosen_ids, rejected_ids) -> int:
+    """A 64-bit key of one pair's real tokens (int64 arrays or lists), the same in every epoch, on every process and
+    after a resume: it seeds the pair's bootstrap weights and indexes its frozen Bradley-Terry target."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.asarray(chosen_ids, dtype=np.int64).tobytes())
+    digest.update(b"|")
+    digest.update(np.asarray(rejected_ids, dtype=np.int64).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def batch_pair_digests(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """[`pair_digest`] of each pair of a collated batch: the B chosen rows, then the B rejected rows, as TRL's
+    preference collator builds them."""
+    batch = input_ids.shape[0] // 2
+    ids = input_ids.detach().cpu().numpy()
+    mask = attention_mask.detach().cpu().numpy().astype(bool)
+    return [pair_digest(ids[i][mask[i]], ids[batch + i][mask[batch + i]]) for i in range(batch)]
+
+
 def bootstrap_weights(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, num_heads: int, seed: int, kind: str
 ) -> torch.Tensor:
@@ -65,17 +86,25 @@ def bootstrap_weights(
     batch = input_ids.shape[0] // 2
     if kind == "none":
         return torch.ones(batch, num_heads, device=input_ids.device)
-    ids = input_ids.detach().cpu().numpy()
-    mask = attention_mask.detach().cpu().numpy().astype(bool)
     weights = np.empty((batch, num_heads), dtype=np.float32)
-    for i in range(batch):
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(ids[i][mask[i]].tobytes())
-        digest.update(b"|")
-        digest.update(ids[batch + i][mask[batch + i]].tobytes())
-        rng = np.random.default_rng([int.from_bytes(digest.digest(), "little"), seed])
+    for i, key in enumerate(batch_pair_digests(input_ids, attention_mask)):
+        rng = np.random.default_rng([key, seed])
         weights[i] = rng.exponential(1.0, num_heads) if kind == "bayesian" else rng.poisson(1.0, num_heads)
     return torch.from_numpy(weights).to(input_ids.device)
+
+
+def gaussian_regression_losses(
+    means_c: torch.Tensor, stds_c: torch.Tensor, means_r: torch.Tensor, stds_r: torch.Tensor, target_c: torch.Tensor
+) -> torch.Tensor:
+    """
+    Stage 2 of the paper's recipe, per pair and head `[B, K]`: the squared error of a reparameterised sample
+    r = mu + eps * sigma against the Bradley-Terry target, `t` for the chosen side and `-t` for the rejected side
+    (`target_c`: `[B]`). Taken in expectation over eps, in closed form:
+    E[(mu + eps sigma - t)^2] = (mu - t)^2 + sigma^2, the same expected loss and gradient as sampling, without its
+    noise (so sigma is pushed to its floor: this recipe gives the stds no other signal).
+    """
+    t = target_c.to(means_c.dtype).unsqueeze(-1)
+    return (means_c - t).pow(2) + stds_c.pow(2) + (means_r + t).pow(2) + stds_r.pow(2)
 
 
 class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrainer):
@@ -124,6 +153,16 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
                     f"BRMERewardTrainer trains a BRMERewardModel, got {type(inner).__name__}. Pass a checkpoint path "
                     "or name (a BRME is built on it), or BRMERewardModel.from_backbone(path, num_heads=...)."
                 )
+        if (
+            peft_config is not None
+            and (model.get_base_model() if is_peft_model(model) else model).config.head_type == "lora"
+        ):
+            # The members' adapters are applied by hooks bound to their modules; PEFT would freeze them, or train a
+            # copy of them (modules_to_save) that the hooks never call, and its adapter file would not hold them.
+            raise ValueError(
+                "BRMERewardTrainer: a BRME with head_type='lora' already trains per-member low-rank adapters; train "
+                "it without peft_config, or use head_type='linear' or 'mlp' with PEFT."
+            )
         if peft_config is not None and getattr(peft_config, "target_modules", "unset") is None:
             peft_config.target_modules = self._default_lora_targets(model)
         super().__init__(model, args, *pos_args, peft_config=peft_config, **kwargs)
@@ -131,6 +170,12 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
         if is_peft_model(self._brme):
             self._brme = self._brme.get_base_model()
         self._calibration = {"train": [], "eval": []}
+        self._bt_targets: dict[int, float] | None = None  # pair digest -> frozen BT P(chosen > rejected)
+        if args.brme_loss == "bt_then_gaussian" and not isinstance(self.train_dataset, Dataset):
+            raise ValueError(
+                "BRMERewardConfig.brme_loss='bt_then_gaussian' needs a map-style train dataset (a datasets.Dataset): "
+                "at the phase switch every training pair is scored once by the Bradley-Terry model."
+            )
 
     @staticmethod
     def _build_model(name_or_path: str, args: BRMERewardConfig) -> BRMERewardModel:
@@ -155,6 +200,11 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
             robust_lambda=args.robust_lambda,
             std_floor=args.std_floor,
             init_std=args.init_std,
+            head_type=args.head_type,
+            head_hidden_size=args.head_hidden_size,
+            prior_scale=args.prior_scale,
+            member_layers=args.member_layers,
+            member_lora_rank=args.member_lora_rank,
             **init_kwargs,
         )
 
@@ -230,6 +280,117 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
                         )
         return dataset
 
+    def train(self, *args, **kwargs):
+        """TRL's `train()`, then (with `args.calibrate` and an eval split) [`calibrate`] on the eval split."""
+        output = super().train(*args, **kwargs)
+        if self.args.calibrate and self.eval_dataset is not None:
+            self.calibrate()
+        return output
+
+    def _pair_ids(self, dataset) -> tuple[list[list[int]], list[list[int]]]:
+        """The tokenised chosen and rejected sides of a prepared dataset (or a dict of them)."""
+        datasets = list(dataset.values()) if isinstance(dataset, dict) else [dataset]
+        chosen, rejected = [], []
+        for part in datasets:
+            if isinstance(part, Dataset):  # whole columns: one Arrow read instead of a Python loop over rows
+                chosen += part["chosen_ids"]
+                rejected += part["rejected_ids"]
+            else:
+                for row in part:
+                    chosen.append(list(row["chosen_ids"]))
+                    rejected.append(list(row["rejected_ids"]))
+        return chosen, rejected
+
+    @torch.no_grad()
+    def _score_pairs(self, model, chosen: list[list[int]], rejected: list[list[int]]):
+        """Means and stds `[N, K]` of both sides, scored in eval mode (dropout off) through the package's one
+        pad-and-score path; every process scores all pairs, so each gets the same result."""
+        was_training = model.training
+        model.eval()
+        try:
+            means, stds = reward_model_outputs(
+                model,
+                chosen + rejected,
+                padding_id(self.processing_class),
+                self.args.per_device_eval_batch_size,
+                use_cache=False,
+            )
+        finally:
+            model.train(was_training)
+        n = len(chosen)
+        return means[:n].float().cpu(), means[n:].float().cpu(), stds[:n].float().cpu(), stds[n:].float().cpu()
+
+    def calibrate(self, dataset=None) -> float:
+        """
+        Fit the temperature T of the ensemble's pair probability
+        `P(chosen > rejected) = (1/K) sum_k sigmoid(gap_k / sqrt(T^2 + pi/8 * var_k))` (= mean_k E[sigmoid(z_k / T)],
+        z_k ~ N(gap_k, var_k), gap_k = mu_k(chosen) - mu_k(rejected), var_k = sigma_k(chosen)^2 + sigma_k(rejected)^2)
+        by minimising its NLL on `dataset` (default: the eval split; any preference dataset the trainer accepts, which
+        is tokenised and length-filtered as the eval split was), store it in
+        `model.config.calibration_temperature` and log `eval_calibration_ece` (T = 1), `eval_calibrated_ece` and
+        `calibration_temperature`. Returns T.
+        """
+        if dataset is None:
+            dataset = self.eval_dataset
+        elif "chosen_ids" not in (dataset.column_names or []):
+            dataset = self._prepare_dataset(dataset, self.processing_class, self.args, "calibration")
+        chosen, rejected = self._pair_ids(dataset)
+        if not chosen:
+            raise ValueError("BRMERewardTrainer.calibrate needs at least one pair in the eval split.")
+        means_c, means_r, stds_c, stds_r = self._score_pairs(self.model, chosen, rejected)
+        gap, var = means_c - means_r, stds_c.pow(2) + stds_r.pow(2)
+        temperature = fit_temperature(gap, var)
+        self._brme.config.calibration_temperature = temperature
+        bins = self.args.calibration_bins
+        was_training = self.model.training
+        self.model.eval()  # log() reads the mode from the model: these are eval metrics
+        self.log(
+            {
+                "eval_calibration_ece": expected_calibration_error(pair_probability(gap, var).mean(-1), bins),
+                "eval_calibrated_ece": expected_calibration_error(
+                    pair_probability(gap, var, temperature).mean(-1), bins
+                ),
+                "calibration_temperature": temperature,
+            }
+        )
+        self.model.train(was_training)
+        return temperature
+
+    def _bt_phase(self) -> int:
+        """1 for the first `bt_phase_fraction` of the optimiser steps of `bt_then_gaussian`, 2 after."""
+        switch = math.ceil(self.args.bt_phase_fraction * max(self.state.max_steps, 1))
+        return 1 if self.state.global_step < switch else 2
+
+    def _freeze_bt_targets(self, model) -> None:
+        """At the switch, the Bradley-Terry model of phase 1 (the heads' average mean) scores every training pair once;
+        its P(chosen > rejected) is kept per pair as the fixed target of phase 2, a frozen teacher without a copy
+        of the model."""
+        chosen, rejected = self._pair_ids(self.train_dataset)
+        means_c, means_r, _, _ = self._score_pairs(model, chosen, rejected)
+        prob = torch.sigmoid(means_c.mean(-1) - means_r.mean(-1)).tolist()
+        self._bt_targets = {pair_digest(c, r): p for c, r, p in zip(chosen, rejected, prob, strict=True)}
+
+    def _paper_losses(self, mode, model, inputs, means_c, stds_c, means_r, stds_r, margin) -> torch.Tensor:
+        """Per-pair, per-head losses `[B, K]` of `bt_then_gaussian`. Phase 1 (and every eval): Bradley-Terry on the
+        heads' average mean, one BT model; phase 2: [`gaussian_regression_losses`] onto the frozen BT targets."""
+        if mode == "eval" or self._bt_phase() == 1:
+            diff = means_c.mean(-1, keepdim=True) - means_r.mean(-1, keepdim=True)
+            if margin is not None:
+                diff = diff - margin.to(diff.dtype).unsqueeze(-1)
+            return F.softplus(-diff).expand_as(means_c)
+        if self._bt_targets is None:
+            self._freeze_bt_targets(model)
+        keys = batch_pair_digests(inputs["input_ids"], inputs["attention_mask"])
+        missing = sum(key not in self._bt_targets for key in keys)
+        if missing:
+            raise RuntimeError(
+                f"{missing} training pairs have no frozen Bradley-Terry target; the train dataset changed after the "
+                "phase switch of brme_loss='bt_then_gaussian'."
+            )
+        prob = torch.tensor([self._bt_targets[key] for key in keys], device=means_c.device)
+        target_c = self.args.bt_target_scale * (prob - 0.5)
+        return gaussian_regression_losses(means_c, stds_c, means_r, stds_r, target_c)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         margin = inputs.pop("margin", None)
@@ -238,10 +399,16 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
 
         means_c, means_r = outputs.means.chunk(2)
         stds_c, stds_r = outputs.stds.chunk(2)
-        pair_losses = brme_pair_losses(
-            means_c, stds_c, means_r, stds_r, self.args.brme_loss, margin, self.args.num_reparam_samples
-        )
-        if mode == "train":
+        if self.args.brme_loss == "bt_then_gaussian":
+            pair_losses = self._paper_losses(mode, model, inputs, means_c, stds_c, means_r, stds_r, margin)
+            phase_one = mode == "eval" or self._bt_phase() == 1
+            self._metrics[mode]["bt_phase"].append(1.0 if self._bt_phase() == 1 else 2.0)
+        else:
+            pair_losses = brme_pair_losses(
+                means_c, stds_c, means_r, stds_r, self.args.brme_loss, margin, self.args.num_reparam_samples
+            )
+            phase_one = False
+        if mode == "train" and not phase_one:  # phase 1 of the paper's recipe is one BT model: no per-head weights
             weights = bootstrap_weights(
                 inputs["input_ids"], inputs["attention_mask"], pair_losses.shape[1], self.args.seed, self.args.bootstrap
             )

@@ -14,6 +14,27 @@ POOLINGS = ("last", "first")
 HEAD_TYPES = ("linear", "mlp", "lora")
 
 
+def check_member_settings(
+    owner: str,
+    head_type: str,
+    head_hidden_size: int | None,
+    prior_scale: float,
+    member_layers: int,
+    member_lora_rank: int,
+) -> None:
+    """Raise a `ValueError` naming `owner.field` when a member setting is out of range (BRMEConfig, and
+    BRMERewardConfig for the BRME it builds, check them here)."""
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"{owner}.head_type must be one of {', '.join(HEAD_TYPES)}; got {head_type!r}.")
+    if head_hidden_size is not None and not (isinstance(head_hidden_size, int) and head_hidden_size >= 1):
+        raise ValueError(f"{owner}.head_hidden_size must be an integer >= 1 or None, got {head_hidden_size!r}.")
+    if not (isinstance(prior_scale, int | float) and math.isfinite(prior_scale) and prior_scale >= 0):
+        raise ValueError(f"{owner}.prior_scale must be a finite number >= 0, got {prior_scale!r}.")
+    for name, value in (("member_layers", member_layers), ("member_lora_rank", member_lora_rank)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}.")
+
+
 @strict
 class BRMEConfig(PreTrainedConfig):
     r"""
@@ -104,22 +125,14 @@ class BRMEConfig(PreTrainedConfig):
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"BRMEConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if self.head_type not in HEAD_TYPES:
-            raise ValueError(f"BRMEConfig.head_type must be one of {', '.join(HEAD_TYPES)}; got {self.head_type!r}.")
-        if self.head_hidden_size is not None and not (
-            isinstance(self.head_hidden_size, int) and self.head_hidden_size >= 1
-        ):
-            raise ValueError(
-                f"BRMEConfig.head_hidden_size must be an integer >= 1 or None, got {self.head_hidden_size!r}."
-            )
-        if not (
-            isinstance(self.prior_scale, int | float) and math.isfinite(self.prior_scale) and self.prior_scale >= 0
-        ):
-            raise ValueError(f"BRMEConfig.prior_scale must be a finite number >= 0, got {self.prior_scale!r}.")
-        for name in ("member_layers", "member_lora_rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"BRMEConfig.{name} must be an integer >= 1, got {value!r}.")
+        check_member_settings(
+            "BRMEConfig",
+            self.head_type,
+            self.head_hidden_size,
+            self.prior_scale,
+            self.member_layers,
+            self.member_lora_rank,
+        )
         layers = getattr(self.text_config, "num_hidden_layers", None)
         if self.head_type == "lora" and layers is not None and self.member_layers > layers:
             raise ValueError(f"BRMEConfig.member_layers ({self.member_layers}) exceeds the backbone's {layers} layers.")

@@ -8,10 +8,54 @@ import torch
 PROBIT_SCALE = math.pi / 8.0  # E[sigmoid(z)] ~ sigmoid(m / sqrt(1 + pi/8 * v)) for z ~ N(m, v) (MacKay 1992)
 
 
-def pair_probability(diff: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """P(chosen > rejected) under each head: E[sigmoid(z)], z ~ N(diff, var), in closed (probit) form,
-    `sigmoid(diff / sqrt(1 + pi/8 * var))` (MacKay 1992). With `var = 0` it is the Bradley-Terry `sigmoid(diff)`."""
-    return torch.sigmoid(diff / torch.sqrt(1.0 + PROBIT_SCALE * var))
+def pair_probability(diff: torch.Tensor, var: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """P(chosen > rejected) under each head: E[sigmoid(z / T)], z ~ N(diff, var), in closed (probit) form,
+    `sigmoid((diff / T) / sqrt(1 + pi/8 * var / T^2)) = sigmoid(diff / sqrt(T^2 + pi/8 * var))` (MacKay 1992): the
+    temperature T scales the sampled gap, so it divides the mean by T and the std by T alike. With `var = 0` and
+    `T = 1` it is the Bradley-Terry `sigmoid(diff)`."""
+    return torch.sigmoid(diff / torch.sqrt(temperature**2 + PROBIT_SCALE * var))
+
+
+def pair_nll(diff: torch.Tensor, var: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of "chosen beats rejected" of the ensemble's [`pair_probability`] averaged over
+    the K heads; `diff` and `var` are `[N, K]`."""
+    prob = pair_probability(diff.double(), var.double(), temperature).mean(-1)
+    return -torch.log(prob.clamp_min(1e-300)).mean().item()
+
+
+def fit_temperature(
+    diff: torch.Tensor, var: torch.Tensor, low: float = 0.05, high: float = 20.0, grid: int = 41, iters: int = 40
+) -> float:
+    """
+    The temperature T in [`low`, `high`] that minimises [`pair_nll`] of N pairs (`diff`, `var`: `[N, K]`):
+    a grid of `grid` points even in log T, then golden-section search on log T in the two grid cells around the
+    best point. Deterministic. Returns 1.0 for no pairs.
+    """
+    if not 0.0 < low < 1.0 < high:
+        raise ValueError(f"fit_temperature needs 0 < low < 1 < high, got low={low!r}, high={high!r}.")
+    if diff.numel() == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return pair_nll(diff, var, math.exp(log_t))
+
+    points = torch.linspace(math.log(low), math.log(high), grid).tolist()
+    best = min(range(grid), key=lambda i: nll(points[i]))
+    a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(iters):  # the NLL is unimodal in log T within one grid cell either side of the best point
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    candidates = [points[best], (a + b) / 2.0]
+    return math.exp(min(candidates, key=nll))
 
 
 def reliability_bins(prob_chosen: torch.Tensor, num_bins: int = 10) -> list[dict]:

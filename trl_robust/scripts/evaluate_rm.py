@@ -1,6 +1,8 @@
 """
 Evaluate a reward model (a BRME, or a plain TRL reward model for comparison) on preference pairs: accuracy of each
-head and aggregation, calibration (ECE, Brier, reliability diagram), AUROC of the uncertainty for mispredictions.
+head and aggregation, calibration (ECE at T = 1 and at the BRME's fitted temperature, Brier, reliability diagram),
+AUROC of each uncertainty (epistemic, aleatoric, std; |margin| as the baseline) for mispredictions, and AUROC of the
+epistemic uncertainty for synthetic (and, with --exploits_file, real) reward exploits.
 Writes metrics.json, metrics.md and reliability.png to --output_dir.
 
     trl-robust evaluate --model_name_or_path outputs/quickstart/brme --dataset_name hh-rlhf-harmless-last-turn
@@ -50,6 +52,28 @@ class EvaluateArguments(ScriptArguments):
         default=None, metadata={"help": "Nominal weight of the robust reward; the BRME's own when unset."}
     )
     calibration_bins: int = field(default=10, metadata={"help": "Confidence bins of ECE and the reliability plot."})
+    temperature: float | None = field(
+        default=None,
+        metadata={"help": "Temperature of calibrated_ece; the BRME's config.calibration_temperature when unset."},
+    )
+    exploits: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Measure how well the BRME's epistemic uncertainty flags synthetic exploits (repetition, padding, "
+            "favourite-word stuffing, off-topic, truncated answers) made from the pairs' chosen answers; on by default "
+            "for a BRME with several heads whose pairs have prompts."
+        },
+    )
+    exploits_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of 'real' exploits, rows {'prompt': ..., 'completion' (or 'answer'): ...}, measured as the "
+            "kind 'file' (e.g. rows of the over-optimisation harness's samples/*.jsonl where gold fell)."
+        },
+    )
+    max_exploit_answers: int | None = field(
+        default=256, metadata={"help": "Chosen answers (first kept pairs) that exploits are made from; all when unset."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
 
     def __post_init__(self):
@@ -86,6 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.robust_lambda,
         args.calibration_bins,
         args.output_dir,
+        temperature=args.temperature,
+        exploits=args.exploits,
+        exploits_file=args.exploits_file,
+        max_exploit_answers=args.max_exploit_answers,
     )
     print((Path(args.output_dir) / "metrics.md").read_text())
     return metrics
