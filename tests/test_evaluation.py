@@ -138,3 +138,18 @@ def test_fit_temperature_repairs_an_overconfident_model():
     )
     with pytest.raises(ValueError, match="low"):
         fit_temperature(gap, var, low=2.0)
+
+
+def test_change_beyond_noise_by_hand():
+    from trl_robust.metrics import change_beyond_noise
+
+    # first window 1, 2, 3 (mean 2, var 1), last window 5, 6, 7 (mean 6, var 1): se = sqrt(1/3 + 1/3) = 0.816
+    moved = change_beyond_noise([1.0, 2.0, 3.0, 9.0, 5.0, 6.0, 7.0], window=3)
+    assert moved["change"] == pytest.approx(4.0) and moved["se"] == pytest.approx(math.sqrt(2 / 3))
+    assert moved["beyond_noise"] is True
+    # the same change with wide windows is noise: 0, 4 (mean 2, var 8) and 2, 10 (mean 6, var 32): se = sqrt(20)
+    wobble = change_beyond_noise([0.0, 4.0, 2.0, 10.0], window=3)
+    assert wobble["window"] == 2 and wobble["change"] == pytest.approx(4.0)
+    assert wobble["se"] == pytest.approx(math.sqrt(20.0)) and wobble["beyond_noise"] is False
+    with pytest.raises(ValueError, match="at least 4 values"):
+        change_beyond_noise([1.0, 2.0, 3.0])

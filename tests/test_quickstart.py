@@ -58,6 +58,20 @@ def test_quickstart_pipeline_runs_in_short_mode(tmp_path, smol_tokenizer, capsys
     printed = capsys.readouterr().out
     assert f"writes {out}/" in printed and " MB  the PPO policy (fp32)" in printed
     assert "Next, on this BRME: trl-robust ppo --config recipes/quickstart/ppo.yaml --reward_model_path" in printed
+    # the monitor followed the run, and the summary says in one sentence whether the reward moved
+    assert "monitor/frac_out" in ppo["end"] and "monitor/epistemic_ratio" in ppo["end"]
+    assert "The hacking monitor" in printed and ppo["trend"] in printed
+    assert "2 updates are too few to tell a trend from noise" in ppo["trend"]
+
+
+def test_trend_sentence_and_display_names():
+    rising = quickstart.trend_sentence("The robust reward", [0.1, 0.2, 0.15, 0.5, 0.9, 1.0, 0.95])
+    assert rising.startswith("The robust reward rose from 0.150") and "beyond its update-to-update noise" in rising
+    flat = quickstart.trend_sentence("The robust reward", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7])
+    assert "within its update-to-update noise" in flat
+    assert quickstart.display_name("minilm") == "all-MiniLM-L6-v2"
+    assert quickstart.display_name("smollm2-135m-instruct") == "SmolLM2-135M-Instruct"
+    assert quickstart.display_name("/models/my-rm/") == "my-rm"
 
 
 def test_bad_options_stop_before_anything_runs(capsys):

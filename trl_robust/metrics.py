@@ -108,3 +108,20 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
         tied = scores == value
         ranks[tied] = ranks[tied].mean()
     return ((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+def change_beyond_noise(values: list[float], window: int = 3) -> dict[str, float | bool]:
+    """
+    Did a logged quantity move, or only wobble? The mean of its last `window` values against the mean of its first
+    `window`: `change = last - first`, with the standard error of that difference from the spread of the values inside
+    the two windows, `se = sqrt(var_first / n_first + var_last / n_last)` (sample variances). `beyond_noise` is
+    `|change| > 2 se`. With fewer than `2 * window` values the windows shrink to half the values each.
+    """
+    n = min(window, len(values) // 2)
+    if n < 2:
+        raise ValueError(f"change_beyond_noise needs at least 4 values, got {len(values)}.")
+    first, last = torch.tensor(values[:n], dtype=torch.float64), torch.tensor(values[-n:], dtype=torch.float64)
+    change = (last.mean() - first.mean()).item()
+    se = math.sqrt(first.var().item() / n + last.var().item() / n)
+    return {"first": first.mean().item(), "last": last.mean().item(), "change": change, "se": se,
+            "window": n, "beyond_noise": abs(change) > 2 * se}  # fmt: skip

@@ -21,6 +21,32 @@ from trl_robust.script_args import check_model_path, resolve_model
 
 # Short names of the offline models; their full names (as in the recipes) work too.
 SHORT_NAMES = {"minilm": "all-minilm-l6-v2", "smollm2": "smollm2-135m-instruct"}
+# How the plots and the summary name them (their folders are called e.g. "model").
+DISPLAY_NAMES = {"all-minilm-l6-v2": "all-MiniLM-L6-v2", "smollm2-135m-instruct": "SmolLM2-135M-Instruct"}
+
+
+def display_name(name: str) -> str:
+    """A model's name for titles: the offline models' real names, else the last part of the path or hub id."""
+    full = SHORT_NAMES.get(name, name)
+    return DISPLAY_NAMES.get(full, Path(str(full)).name)
+
+
+def trend_sentence(label: str, values: list[float]) -> str:
+    """One sentence on whether a logged quantity moved beyond its update-to-update noise (`change_beyond_noise`)."""
+    from trl_robust.metrics import change_beyond_noise
+
+    if len(values) < 4:
+        return f"{label}: {len(values)} updates are too few to tell a trend from noise."
+    t = change_beyond_noise(values)
+    verdict = "beyond" if t["beyond_noise"] else "within"
+    direction = "rose" if t["change"] > 0 else "fell"
+    return (
+        f"{label} {direction} from {t['first']:.3f} (mean of the first {t['window']} updates) to {t['last']:.3f} (last "
+        f"{t['window']}), a change of {t['change']:+.3f}: {verdict} its update-to-update noise (2 x se = "
+        f"{2 * t['se']:.3f})."
+    )
+
+
 RM_REPORTED = [
     "accuracy",
     "accuracy_nominal",
@@ -203,7 +229,7 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
             "uncertainty": ["mean_std", "head_disagreement", "eval_ece"],
         },
         out / "brme_training.png",
-        f"BRME (K={args.num_heads}) on HH-RLHF harmless, backbone {Path(str(path)).name}",
+        f"BRME (K={args.num_heads}) on HH-RLHF harmless, backbone {display_name(args.backbone)}",
     )
     return str(brme_dir), {"start": before, "end": after}
 
@@ -211,7 +237,7 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
 def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_robust import BRMERewardModel, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
+    from trl_robust import BRMERewardModel, HackingMonitor, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
     from trl_robust.plotting import plot_log_history
     from trl_robust.robust_ppo_trainer import load_value_model
 
@@ -242,15 +268,25 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         report_to="none",
         seed=args.seed,
     )
+    reward_model = BRMERewardModel.from_pretrained(brme_dir)
+    # The hacking monitor's reference: the BRME's uncertainty on its own held-out answers (warns, never stops here).
+    monitor = HackingMonitor.from_reward_model(
+        reward_model,
+        AutoTokenizer.from_pretrained(brme_dir),
+        data["test"],
+        window=4 * args.ppo_batch_size,
+        action="warn",
+    )
     trainer = RobustPPOTrainer(
         args=config,
         processing_class=tokenizer,
         model=AutoModelForCausalLM.from_pretrained(policy_path),
         ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
-        reward_model=BRMERewardModel.from_pretrained(brme_dir),
+        reward_model=reward_model,
         train_dataset=prompts,
         value_model=value_model,
         reward_processing_class=reward_processing_class,
+        callbacks=[monitor],
     )
     trainer.train()
     trainer.save_model(str(out / "ppo_policy"))
@@ -261,17 +297,31 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         f"Robust PPO over {len(logs)} updates ({config.total_episodes} episodes)",
         [(name, logs[0][name], logs[-1][name]) for name in PPO_REPORTED],
     )
+    # A one-sample KL estimate swings (and with k1 dips below 0); its running mean over 3 updates shows the drift.
+    kls = [entry["objective/kl"] for entry in logs]
+    for i, entry in enumerate(logs):
+        window = kls[max(0, i - 2) : i + 1]
+        entry["objective/kl (running mean of 3)"] = sum(window) / len(window)
     plot_log_history(
         logs,
         {
             "reward terms": ["robust/robust", "robust/nominal", "robust/worst", "robust/mean"],
-            "KL to the reference": ["objective/kl"],
+            "KL to the reference": ["objective/kl", "objective/kl (running mean of 3)"],
             "uncertainty": ["robust/mean_std", "robust/head_disagreement"],
+            "hacking monitor": ["monitor/epistemic_ratio", "monitor/frac_out"],
         },
         out / "robust_ppo.png",
-        f"Robust PPO (lambda={args.robust_lambda}) of {Path(str(policy_path)).name}",
+        f"Robust PPO (lambda={args.robust_lambda}) of {display_name(args.policy)} on a BRME of "
+        f"{display_name(args.backbone)}",
     )
-    return {"start": logs[0], "end": logs[-1]}
+    sentence = trend_sentence("The robust reward", [entry["robust/robust"] for entry in logs])
+    alarm = (
+        f"The hacking monitor alarmed at update {monitor.first_alarm_step}."
+        if monitor.first_alarm_step is not None
+        else "The hacking monitor did not alarm: the policy's answers stayed as certain for the BRME as its own data."
+    )
+    print(f"\n{sentence}\n{alarm}")
+    return {"start": logs[0], "end": logs[-1], "trend": sentence, "monitor_first_alarm": monitor.first_alarm_step}
 
 
 def main(argv: list[str] | None = None) -> dict:
