@@ -7,7 +7,7 @@ from trl import RewardConfig
 
 from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 from .config_utils import resolve_bf16
-from .configuration_brme import check_member_settings
+from .configuration_brme import MEMBER_FIELDS, check_member_settings
 
 BRME_LOSSES = ("gaussian_bt", "reparam", "bt", "bt_then_gaussian")
 BOOTSTRAPS = ("bayesian", "poisson", "none")
@@ -138,14 +138,7 @@ class BRMERewardConfig(RewardConfig):
         super().__post_init__()
         if self.brme_loss not in BRME_LOSSES:
             raise ValueError(f"BRMERewardConfig.brme_loss must be one of {BRME_LOSSES}, got {self.brme_loss!r}.")
-        check_member_settings(
-            "BRMERewardConfig",
-            self.head_type,
-            self.head_hidden_size,
-            self.prior_scale,
-            self.member_layers,
-            self.member_lora_rank,
-        )
+        check_member_settings("BRMERewardConfig", **{name: getattr(self, name) for name in MEMBER_FIELDS})
         if self.bootstrap not in BOOTSTRAPS:
             raise ValueError(f"BRMERewardConfig.bootstrap must be one of {BOOTSTRAPS}, got {self.bootstrap!r}.")
         if self.num_heads < 1:

@@ -15,7 +15,7 @@ from trl.trainer.utils import global_then_local_main_first
 
 from .brme_reward_config import BRMERewardConfig
 from .checkpointing import AtomicCheckpointMixin
-from .configuration_brme import BRMEConfig
+from .configuration_brme import MEMBER_FIELDS, BRMEConfig
 from .metrics import PROBIT_SCALE, expected_calibration_error, fit_temperature, pair_probability
 from .model_card import RobustModelCardMixin
 from .modeling_brme import BRMERewardModel
@@ -194,19 +194,10 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
         )
         if isinstance(config, BRMEConfig):
             return BRMERewardModel.from_pretrained(name_or_path, **init_kwargs)
-        return BRMERewardModel.from_backbone(
-            name_or_path,
-            num_heads=args.num_heads,
-            robust_lambda=args.robust_lambda,
-            std_floor=args.std_floor,
-            init_std=args.init_std,
-            head_type=args.head_type,
-            head_hidden_size=args.head_hidden_size,
-            prior_scale=args.prior_scale,
-            member_layers=args.member_layers,
-            member_lora_rank=args.member_lora_rank,
-            **init_kwargs,
-        )
+        # A new BRME: the config's model settings (num_heads, robust_lambda, ..., the member settings)
+        settings = {name: getattr(args, name) for name in ("num_heads", "robust_lambda", "std_floor", "init_std")}
+        settings.update({name: getattr(args, name) for name in MEMBER_FIELDS})
+        return BRMERewardModel.from_backbone(name_or_path, **settings, **init_kwargs)
 
     @staticmethod
     def _default_lora_targets(model) -> list[str] | str:

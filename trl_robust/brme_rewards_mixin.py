@@ -2,6 +2,8 @@
 
 import logging
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from accelerate.utils import is_peft_model
 from torch import nn
@@ -15,7 +17,13 @@ from .monitor import monitor_metrics
 from .scoring import BRMEScorer, BRMEScores
 from .validation import check_finite_scores
 
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
 logger = logging.getLogger(__name__)
+
+# As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
+RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 REFERENCE_DIR = "reference_model"
 
@@ -45,8 +53,27 @@ class BRMERewardsMixin:
 
     _brme_indices: list[int]
     brme_scorers: dict[int, BRMEScorer]  # reward column -> its scorer (public: score eval data the same way)
+    config_class: type  # the trainer's config (RobustGRPOConfig, RobustRLOOConfig)
     # The metrics logged for every BRME column besides the optimised aggregation (kept as they were logged before).
     LOGGED_AGGREGATIONS = ("nominal", "worst", "robust", "mean")
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
+        args: TrainingArguments | None = None,
+        *pos_args,
+        peft_config: "PeftConfig | None" = None,
+        **kwargs,
+    ):
+        """TRL's constructor, the same arguments: the config's class is checked, the BRMEs among `reward_funcs` found,
+        an in-memory policy saved for the reference model, then TRL's init, then one scorer per BRME column."""
+        name = type(self).__name__
+        args = check_args_type(args, self.config_class, name, model)
+        self._brme_indices = self._find_brmes(reward_funcs, args, name)
+        self._save_policy_for_reference(model, args, peft_config)
+        super().__init__(model, reward_funcs, args, *pos_args, peft_config=peft_config, **kwargs)
+        self._setup_brme_scorers()
 
     @staticmethod
     def _find_brmes(reward_funcs, args, trainer_name: str) -> list[int]:

@@ -65,3 +65,9 @@ class RobustRewardFields:
             "tends to the worst head as beta -> 0 and to the ensemble mean as beta -> inf."
         },
     )
+
+    def __post_init__(self):
+        # The three robust RL configs' shared start: our bf16 default, the base config's own checks, then ours.
+        self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
+        super().__post_init__()
+        check_reward_aggregation(self)

@@ -12,6 +12,8 @@ from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
 
 POOLINGS = ("last", "first")
 HEAD_TYPES = ("linear", "mlp", "lora")
+# The settings that say what each member is; BRMERewardConfig carries them too, for the BRMEs it builds.
+MEMBER_FIELDS = ("head_type", "head_hidden_size", "prior_scale", "member_layers", "member_lora_rank")
 
 
 def check_member_settings(
@@ -125,14 +127,7 @@ class BRMEConfig(PreTrainedConfig):
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"BRMEConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        check_member_settings(
-            "BRMEConfig",
-            self.head_type,
-            self.head_hidden_size,
-            self.prior_scale,
-            self.member_layers,
-            self.member_lora_rank,
-        )
+        check_member_settings("BRMEConfig", **{name: getattr(self, name) for name in MEMBER_FIELDS})
         layers = getattr(self.text_config, "num_hidden_layers", None)
         if self.head_type == "lora" and layers is not None and self.member_layers > layers:
             raise ValueError(f"BRMEConfig.member_layers ({self.member_layers}) exceeds the backbone's {layers} layers.")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from trl import GRPOConfig
 
-from .config_utils import RobustRewardFields, check_reward_aggregation, resolve_bf16
+from .config_utils import RobustRewardFields
 
 
 @dataclass
@@ -21,8 +21,3 @@ class RobustGRPOConfig(RobustRewardFields, GRPOConfig):
 
     > Changed default: `bf16` is on only where it runs (a bf16-capable GPU), not whenever `fp16` is off.
     """
-
-    def __post_init__(self):
-        self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
-        super().__post_init__()
-        check_reward_aggregation(self)

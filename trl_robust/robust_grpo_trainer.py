@@ -1,18 +1,11 @@
 """RobustGRPOTrainer: TRL's GRPOTrainer optimising a Bayesian Reward Model Ensemble's robust reward."""
 
-from collections.abc import Callable
-
-from peft import PeftConfig
-from transformers import PreTrainedModel
 from trl import GRPOTrainer
 
-from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
+from .brme_rewards_mixin import BRMERewardsMixin
 from .checkpointing import AtomicCheckpointMixin
 from .model_card import RobustModelCardMixin
 from .robust_grpo_config import RobustGRPOConfig
-
-# As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
-RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
 class RobustGRPOTrainer(AtomicCheckpointMixin, RobustModelCardMixin, BRMERewardsMixin, GRPOTrainer):
@@ -52,18 +45,4 @@ class RobustGRPOTrainer(AtomicCheckpointMixin, RobustModelCardMixin, BRMERewards
 
     _tag_names = ["trl", "grpo", "trl-robust", "brme"]
     _name = "Robust GRPO"
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
-        args: RobustGRPOConfig | None = None,
-        *pos_args,
-        peft_config: PeftConfig | None = None,
-        **kwargs,
-    ):
-        args = check_args_type(args, RobustGRPOConfig, "RobustGRPOTrainer", model)
-        self._brme_indices = self._find_brmes(reward_funcs, args, "RobustGRPOTrainer")
-        self._save_policy_for_reference(model, args, peft_config)
-        super().__init__(model, reward_funcs, args, *pos_args, peft_config=peft_config, **kwargs)
-        self._setup_brme_scorers()
+    config_class = RobustGRPOConfig

@@ -1,69 +1,24 @@
 """RobustRLOOTrainer: TRL's RLOOTrainer optimising a Bayesian Reward Model Ensemble's robust reward."""
 
-from collections.abc import Callable
-
-from peft import PeftConfig
-from transformers import PreTrainedModel
 from trl import RLOOTrainer
 
-from .brme_rewards_mixin import BRMERewardsMixin, check_args_type
+from .brme_rewards_mixin import BRMERewardsMixin
 from .checkpointing import AtomicCheckpointMixin
 from .model_card import RobustModelCardMixin
 from .robust_rloo_config import RobustRLOOConfig
 
-# As TRL types it: a checkpoint path, a model, or a function (prompts, completions, **kwargs) -> list[float]
-RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
-
 
 class RobustRLOOTrainer(AtomicCheckpointMixin, RobustModelCardMixin, BRMERewardsMixin, RLOOTrainer):
     """
-    TRL's [`~trl.RLOOTrainer`] with a [`BRMERewardModel`] among its reward functions: the same constructor, data formats
-    and options, and the BRME's reward is
+    TRL's [`~trl.RLOOTrainer`] with a [`BRMERewardModel`] among its reward functions: everything
+    [`RobustGRPOTrainer`] says holds here (scoring as the BRME was trained, `args.reward_aggregation`, the `brme/`
+    metrics, the reference model saved for `args.beta > 0`, ZeRO-3), on RLOO's leave-one-out baseline instead of
+    GRPO's group normalisation. RLOO's default `beta > 0` keeps a reference model.
 
-    - scored as [`BRMERewardTrainer`] tokenised its training pairs (chat template for conversational data, EOS closing
-      standard text), not on TRL's EOS-less re-tokenisation of the decoded completion;
-    - the K heads aggregated with `args.reward_aggregation` (`"robust"`: `lambda * nominal + (1 - lambda) * worst`,
-      `lambda = args.robust_lambda`; or `"nominal"`, `"worst"`, `"mean"`, `"uwo"`, `"kl_dro"`);
-    - logged per step under `brme/` (each aggregation, `mean_std`, `head_disagreement`, `head_{k}_mean`) next to
-      TRL's own metrics.
-
-    Pass the BRME the TRL way, in `reward_funcs`: a checkpoint path (TRL loads it; importing `trl_robust` registers
-    the auto classes) or a `BRMERewardModel`, alone or beside other reward functions and `args.reward_weights`. Its
-    tokenizer comes from `reward_processing_classes`, else from the checkpoint. TRL prepares the BRME like any reward
-    model, so DeepSpeed ZeRO-3 shards it.
-
-    With `args.beta > 0` TRL reloads the reference model from the policy's `config._name_or_path`; a policy built in
-    memory (no `_name_or_path`) is first saved to `output_dir/reference_model`.
-
-    Example:
-
-    ```python
-    from trl_robust import RobustRLOOConfig, RobustRLOOTrainer
-
-    trainer = RobustRLOOTrainer(
-        model="HuggingFaceTB/SmolLM2-135M-Instruct",
-        reward_funcs="path/to/brme",
-        args=RobustRLOOConfig(output_dir="robust-rloo", reward_aggregation="robust", robust_lambda=0.4),
-        train_dataset=prompts,
-    )
-    trainer.train()
-    ```
+    Example: `RobustRLOOTrainer(model=..., reward_funcs="path/to/brme", args=RobustRLOOConfig(output_dir="rloo"),
+    train_dataset=prompts).train()`.
     """
 
     _tag_names = ["trl", "rloo", "trl-robust", "brme"]
     _name = "Robust RLOO"
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs: RewardFunc | list[RewardFunc],
-        args: RobustRLOOConfig | None = None,
-        *pos_args,
-        peft_config: PeftConfig | None = None,
-        **kwargs,
-    ):
-        args = check_args_type(args, RobustRLOOConfig, "RobustRLOOTrainer", model)
-        self._brme_indices = self._find_brmes(reward_funcs, args, "RobustRLOOTrainer")
-        self._save_policy_for_reference(model, args, peft_config)
-        super().__init__(model, reward_funcs, args, *pos_args, peft_config=peft_config, **kwargs)
-        self._setup_brme_scorers()
+    config_class = RobustRLOOConfig

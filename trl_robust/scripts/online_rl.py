@@ -43,3 +43,15 @@ def run(trainer_cls, config_cls, prog: str, description: str, argv: list[str] | 
     trainer.save_model(training_args.output_dir)
     tokenizer.save_pretrained(training_args.output_dir)
     return trainer
+
+
+def entry_points(trainer_cls, config_cls, prog: str, description: str):
+    """A script's `make_parser()` and `main(argv)` for one of the two trainers (what train_grpo / train_rloo export)."""
+
+    def make_script_parser() -> RecipeParser:
+        return make_parser(config_cls, prog, description)
+
+    def main(argv: list[str] | None = None):
+        return run(trainer_cls, config_cls, prog, description, argv)
+
+    return make_script_parser, main

@@ -6,17 +6,9 @@ Robust GRPO: optimise a policy on a BRME's aggregated reward with `RobustGRPOTra
 """
 
 from trl_robust import RobustGRPOConfig, RobustGRPOTrainer
-from trl_robust.recipe_parser import RecipeParser
-from trl_robust.scripts import online_rl
+from trl_robust.scripts.online_rl import entry_points
 
-
-def make_parser() -> RecipeParser:
-    return online_rl.make_parser(RobustGRPOConfig, "trl-robust grpo", __doc__)
-
-
-def main(argv: list[str] | None = None) -> RobustGRPOTrainer:
-    return online_rl.run(RobustGRPOTrainer, RobustGRPOConfig, "trl-robust grpo", __doc__, argv)
-
+make_parser, main = entry_points(RobustGRPOTrainer, RobustGRPOConfig, "trl-robust grpo", __doc__)
 
 if __name__ == "__main__":
     main()

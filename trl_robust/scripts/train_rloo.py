@@ -6,17 +6,9 @@ Robust RLOO: optimise a policy on a BRME's aggregated reward with `RobustRLOOTra
 """
 
 from trl_robust import RobustRLOOConfig, RobustRLOOTrainer
-from trl_robust.recipe_parser import RecipeParser
-from trl_robust.scripts import online_rl
+from trl_robust.scripts.online_rl import entry_points
 
-
-def make_parser() -> RecipeParser:
-    return online_rl.make_parser(RobustRLOOConfig, "trl-robust rloo", __doc__)
-
-
-def main(argv: list[str] | None = None) -> RobustRLOOTrainer:
-    return online_rl.run(RobustRLOOTrainer, RobustRLOOConfig, "trl-robust rloo", __doc__, argv)
-
+make_parser, main = entry_points(RobustRLOOTrainer, RobustRLOOConfig, "trl-robust rloo", __doc__)
 
 if __name__ == "__main__":
     main()
