@@ -97,3 +97,19 @@ def run_launch(cmd: list[str], timeout: float = 900, **env: str) -> subprocess.C
             f"--- stderr (tail) ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny policy saved with the SmolLM2 tokenizer (the GRPO/RLOO, FSDP2 and model-card tests' policy)."""
+    from tests.robust_rl_helpers import save_policy
+
+    return save_policy(tmp_path_factory.mktemp("policy"), smol_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def brme_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny BRME that prefers " great" to " awful", trained in about a second (robust_rl_helpers)."""
+    from tests.robust_rl_helpers import train_great_brme
+
+    return train_great_brme(tmp_path_factory.mktemp("brme"), smol_tokenizer)

@@ -19,6 +19,16 @@ def tiny_brme(tokenizer, kind="llama", num_heads=3, **member_settings):
     return BRMERewardModel(config)
 
 
+@pytest.fixture
+def plain_llama(tmp_path, smol_tokenizer):
+    """A plain tiny causal LM and its tokenizer saved in a folder: a string model the trainer builds a BRME on."""
+    torch.manual_seed(0)
+    plain = tmp_path / "plain"
+    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
+    smol_tokenizer.save_pretrained(plain)
+    return plain
+
+
 def config(tmp_path, **overrides):
     values = dict(
         output_dir=str(tmp_path),
@@ -190,12 +200,8 @@ def test_conversational_explicit_prompt_and_tokenized_data(tmp_path, smol_tokeni
         assert trainer.state.global_step == 2
 
 
-def test_string_model_builds_or_loads_a_brme(tmp_path, smol_tokenizer):
-    torch.manual_seed(0)
-    plain = tmp_path / "plain"
-    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
-    smol_tokenizer.save_pretrained(plain)
-    data = Dataset.from_list(preference_rows(16))
+def test_string_model_builds_or_loads_a_brme(tmp_path, smol_tokenizer, plain_llama):
+    plain, data = plain_llama, Dataset.from_list(preference_rows(16))
     trainer = BRMERewardTrainer(model=str(plain), args=config(tmp_path / "a", num_heads=4), train_dataset=data)
     assert isinstance(trainer.model, BRMERewardModel) and trainer.model.config.num_heads == 4
     trainer.train()
@@ -413,12 +419,8 @@ def test_paper_recipe_settings_are_checked(tmp_path, field, value, match):
         config(tmp_path, **{field: value})
 
 
-def test_string_model_gets_the_member_type_of_the_config(tmp_path, smol_tokenizer):
-    torch.manual_seed(0)
-    plain = tmp_path / "plain"
-    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(plain)
-    smol_tokenizer.save_pretrained(plain)
-    data = Dataset.from_list(preference_rows(16))
+def test_string_model_gets_the_member_type_of_the_config(tmp_path, smol_tokenizer, plain_llama):
+    plain, data = plain_llama, Dataset.from_list(preference_rows(16))
     args = config(tmp_path / "a", max_steps=1, head_type="mlp", head_hidden_size=12, prior_scale=2.0)
     trainer = BRMERewardTrainer(model=str(plain), args=args, train_dataset=data, processing_class=smol_tokenizer)
     built = trainer.model.config
@@ -476,20 +478,3 @@ def test_peft_trains_mlp_members_with_priors_and_refuses_lora_members(tmp_path, 
 def test_member_settings_are_checked_when_the_config_is_made(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         config(tmp_path, **{field: value})
-
-
-def test_trainer_builds_the_configured_member_type_from_a_path(tmp_path, smol_tokenizer):
-    from transformers import LlamaForCausalLM
-
-    backbone = tmp_path / "backbone"
-    LlamaForCausalLM(tiny_text_config("llama", len(smol_tokenizer))).save_pretrained(backbone)
-    trainer = BRMERewardTrainer(
-        model=str(backbone),
-        args=config(tmp_path / "run", head_type="lora", member_layers=2, prior_scale=0.5, max_steps=2),
-        train_dataset=Dataset.from_list(preference_rows(16)),
-        processing_class=smol_tokenizer,
-    )
-    cfg = trainer.model.config
-    assert (cfg.head_type, cfg.member_layers, cfg.prior_scale) == ("lora", 2, 0.5)
-    trainer.train()
-    assert any(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if n.endswith("lora_B"))

@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, free_port, run_launch
-from tests.robust_rl_helpers import save_policy, train_great_brme
 from trl_robust.accelerate_configs import config_path
 
 SCRIPTS = REPO / "tests" / "scripts"
@@ -71,16 +70,6 @@ def test_brme_trains_under_fsdp2_and_saves_a_model_that_loads(tmp_path):
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits).all()
     assert "K = 3 members" in (out / "README.md").read_text()  # the model card came along
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory, smol_tokenizer):
-    return save_policy(tmp_path_factory.mktemp("policy"), smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def brme_dir(tmp_path_factory, smol_tokenizer):
-    return train_great_brme(tmp_path_factory.mktemp("brme"), smol_tokenizer)
 
 
 @pytest.mark.slow

@@ -7,9 +7,15 @@ import pytest
 import transformers.trainer
 from datasets import Dataset
 
-from tests.robust_rl_helpers import prompt_dataset, rl_args, save_policy, train_great_brme
+from tests.robust_rl_helpers import prompt_dataset, rl_args
 from tests.test_robust_ppo_trainer import _args as ppo_args
-from tests.test_robust_ppo_trainer import make_constant_brme, make_policy, make_value_model, tokenized_prompts
+from tests.test_robust_ppo_trainer import (
+    build_trainer,
+    make_constant_brme,
+    make_policy,
+    make_value_model,
+    tokenized_prompts,
+)
 from trl_robust import (
     BRMEConfig,
     BRMERewardConfig,
@@ -36,16 +42,6 @@ def check_trl_card_extended(text: str) -> None:
     assert text.index("## Reward-robust training (trl-robust)") < text.index("### Framework versions")
     assert "arXiv:2409.15360" in text and CITATION_KEY in text
     assert text.index("## Citations") < text.index(CITATION_KEY) < text.index("Cite TRL as:")
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory, smol_tokenizer):
-    return save_policy(tmp_path_factory.mktemp("policy"), smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def brme_dir(tmp_path_factory, smol_tokenizer):
-    return train_great_brme(tmp_path_factory.mktemp("brme"), smol_tokenizer)
 
 
 def test_brme_reward_trainer_card(tmp_path, smol_tokenizer, brme_dir):
@@ -136,14 +132,12 @@ def test_push_to_hub_uploads_the_extended_card(tmp_path, smol_tokenizer, monkeyp
             return "https://hub.invalid/commit"
 
     monkeypatch.setattr(transformers.trainer, "hf_api", FakeApi)
-    trainer = RobustPPOTrainer(
-        ppo_args(tmp_path, output_dir=str(tmp_path / "run"), total_episodes=8),
+    trainer = build_trainer(
+        tmp_path,
         smol_tokenizer,
-        make_policy(smol_tokenizer),
-        None,
-        make_constant_brme(smol_tokenizer),
-        tokenized_prompts(smol_tokenizer),
-        make_value_model(smol_tokenizer),
+        reward_model=make_constant_brme(smol_tokenizer),
+        total_episodes=8,
+        output_dir=str(tmp_path / "run"),
     )
     trainer.hub_model_id = "someone/robust-ppo"  # as init_hf_repo would set it (no network here)
     trainer.push_to_hub()
@@ -153,15 +147,7 @@ def test_push_to_hub_uploads_the_extended_card(tmp_path, smol_tokenizer, monkeyp
 
 
 def test_extending_twice_changes_nothing_and_a_custom_card_gets_the_section_appended(tmp_path, smol_tokenizer):
-    trainer = RobustPPOTrainer(
-        ppo_args(tmp_path, total_episodes=8),
-        smol_tokenizer,
-        make_policy(smol_tokenizer),
-        None,
-        make_constant_brme(smol_tokenizer),
-        tokenized_prompts(smol_tokenizer),
-        make_value_model(smol_tokenizer),
-    )
+    trainer = build_trainer(tmp_path, smol_tokenizer, reward_model=make_constant_brme(smol_tokenizer), total_episodes=8)
     card = tmp_path / "README.md"
     card.write_text("# My own card\n")
     extend_model_card(trainer, str(card))

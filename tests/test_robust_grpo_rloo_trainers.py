@@ -17,12 +17,10 @@ from tests.robust_rl_helpers import (
     prompt_dataset,
     rl_args,
     run_deepspeed_script,
-    save_policy,
     snapshot,
     step_logs,
     tiny_llama_config,
     tiny_policy,
-    train_great_brme,
 )
 from trl_robust import (
     BRMEConfig,
@@ -53,16 +51,6 @@ KINDS = {
     ),
     "rloo": Kind(RobustRLOOConfig, RobustRLOOTrainer, RLOOConfig, RLOOTrainer, ("kl",)),
 }
-
-
-@pytest.fixture(scope="module")
-def brme_dir(tmp_path_factory, smol_tokenizer):
-    return train_great_brme(tmp_path_factory.mktemp("brme"), smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory, smol_tokenizer):
-    return save_policy(tmp_path_factory.mktemp("policy"), smol_tokenizer)
 
 
 def make_trainer(kind, tmp_path, tokenizer, policy, reward_funcs, train_dataset=None, **overrides):
