@@ -308,6 +308,11 @@ def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
         max_exploit_answers=args.max_exploit_answers,
     )
     metrics.pop("reliability")
+    # The test pairs' raw member scores, so that other aggregations can be compared afterwards without retraining.
+    seqs = list(test["chosen_ids"]) + list(test["rejected_ids"])
+    means, stds = reward_model_outputs(model, seqs, padding_id(tokenizer), 2 * args.batch_size)
+    torch.save({"means": means.cpu(), "stds": None if stds is None else stds.cpu(), "pairs": len(test)},
+               workdir / f"scores-{arm}-{fold}.pt")  # fmt: skip
     result = {"arm": arm, "fold": fold, "train_s": train_s, "pairs_total": total, "pairs_used": len(pairs)}
     result.update(pairs_train=len(train), pairs_calibration=len(calibration), pairs_test=len(test), **metrics)
     result["peak_rss_bytes"] = harness.peak_rss_bytes()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from trl_robust.aggregation import check_robust_lambda
 from trl_robust.evaluation import evaluate_reward_model
 from trl_robust.recipe_checks import RecipeError
 from trl_robust.recipe_parser import RecipeParser
@@ -83,8 +84,11 @@ class EvaluateArguments(ScriptArguments):
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.max_length is not None and self.max_length < 1:
             raise RecipeError(f"max_length must be >= 1 (or unset), got {self.max_length!r}.")
-        if self.robust_lambda is not None and not 0.0 <= self.robust_lambda <= 1.0:
-            raise RecipeError(f"robust_lambda must be in [0, 1] (or unset), got {self.robust_lambda!r}.")
+        if self.robust_lambda is not None:
+            try:
+                check_robust_lambda(self.robust_lambda)  # the one range check of lambda
+            except ValueError as error:
+                raise RecipeError(str(error)) from None
 
 
 def make_parser() -> RecipeParser:
