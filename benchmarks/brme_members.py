@@ -19,7 +19,8 @@ Reported per arm (mean +- std over folds): accuracy (mean of the heads, robust, 
 calibration, AUROC for the model's own errors (epistemic, aleatoric, |margin| baseline), AUROC of epistemic for each
 exploit kind (`trl_robust.exploits`), training time (`train()` alone) and peak memory, with their ratios to `trl`.
 Each (arm, fold) runs in a fresh subprocess (so peak memory is its own: GPU max allocated, or CPU resident-set growth)
-unless `--in-process`.
+unless `--in-process`. A rerun into the same `--output-dir` keeps the (arm, fold) results already there (remove its
+`work/` folder after changing any other setting).
 
     python benchmarks/brme_members.py --dry-run                                     # tiny model, seconds
     python benchmarks/brme_members.py --folds 2 --pairs 200 --max-length 128 --arms trl linear
@@ -247,6 +248,7 @@ def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
     id_columns = ["chosen_ids", "rejected_ids"]
     train = pairs.select(train_idx).select_columns(id_columns)
     calibration = pairs.select(cal_idx).select_columns(id_columns)
+    test_ids = pairs.select(test_idx).select_columns(id_columns)  # the same pairs, tokenised: for the raw scores
     test = pairs.select(test_idx).select_columns(["prompt", "chosen", "rejected"])
     gpu = args.device == "cuda"
     common = dict(
@@ -309,7 +311,7 @@ def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
     )
     metrics.pop("reliability")
     # The test pairs' raw member scores, so that other aggregations can be compared afterwards without retraining.
-    seqs = list(test["chosen_ids"]) + list(test["rejected_ids"])
+    seqs = list(test_ids["chosen_ids"]) + list(test_ids["rejected_ids"])
     means, stds = reward_model_outputs(model, seqs, padding_id(tokenizer), 2 * args.batch_size)
     torch.save({"means": means.cpu(), "stds": None if stds is None else stds.cpu(), "pairs": len(test)},
                workdir / f"scores-{arm}-{fold}.pt")  # fmt: skip
@@ -328,6 +330,10 @@ def run_one(args, arm_index: int, fold: int, workdir: Path) -> dict:
 def run_isolated(args, arm_index: int, fold: int, workdir: Path) -> dict:
     """One (arm, fold) in a fresh subprocess of this script, so that its peak memory is its own."""
     result_file = workdir / f"result-{arm_index}-{fold}.json"
+    if result_file.exists():  # an interrupted measurement resumes: the (arm, fold) runs already done are kept
+        result = json.loads(result_file.read_text())
+        if result.get("arm") == args.arms[arm_index] and result.get("fold") == fold:
+            return result
     argv = [sys.executable, str(Path(__file__).resolve()), *SYS_ARGV, "--run-one", f"{arm_index}:{fold}",
             "--result-file", str(result_file)]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(harness.REPO), os.environ.get("PYTHONPATH")])))
