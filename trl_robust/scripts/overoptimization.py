@@ -5,7 +5,7 @@ each reward aggregation, and gold reward is tracked against KL. Writes curves.cs
 gold_vs_sqrt_kl.png to --output_dir.
 
     trl-robust overoptimization                                           # offline defaults (SmolLM2, MiniLM, VADER)
-    trl-robust overoptimization --config recipes/overoptimization/smoke.yaml
+    trl-robust overoptimization --config recipes/quickstart/overoptimization.yaml
     trl-robust overoptimization --methods bon --settings nominal robust:0.4 --seeds 0 1 2
 """
 
