@@ -64,7 +64,7 @@ def test_brme_trains_under_fsdp2_and_saves_a_model_that_loads(tmp_path):
     state = load_file(out / "model.safetensors")  # one consolidated file, full shapes (not rank 0's shards)
     assert state["score.weight"].shape == (6, 32) and state["backbone.embed_tokens.weight"].shape[1] == 32
     initial = torch.load(out / "initial_score.pt")
-    assert not torch.allclose(state["score.weight"], initial["weight"], atol=1e-6), "the heads did not train"
+    assert not torch.allclose(state["score.weight"], initial["score.weight"], atol=1e-6), "the heads did not train"
     model = BRMERewardModel.from_pretrained(out)
     torch.testing.assert_close(model.score.weight.detach(), state["score.weight"])
     with torch.no_grad():
