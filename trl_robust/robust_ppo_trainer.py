@@ -828,7 +828,9 @@ class RobustPPOTrainer(_BaseTrainer):
                     sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
                     with sync:
                         if first_epoch_forward is not None:  # the rollout ran it (`_old_logprobs_and_values`)
-                            new_logprobs, vpred, entropy = (t[idx] for t in first_epoch_forward)
+                            new_logprobs, vpred, entropy = (
+                                t[idx] if t is not None else None for t in first_epoch_forward
+                            )
                             first_epoch_forward = None
                         else:
                             new_logprobs, vpred, entropy = self._policy_and_value_forward(
