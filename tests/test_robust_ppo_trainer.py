@@ -774,3 +774,43 @@ def test_critic_free_group_baseline_centres_each_prompts_scores_and_learns(tmp_p
     assert_learned(_scores(recorder))
     log = recorder.logs[-1]
     assert "val/advantage_score_corr" in log and "val/explained_variance" not in log and "loss/value_avg" not in log
+
+
+def train_preference_rm(tokenizer, seed=0, steps=150):
+    """A reward model LEARNED from preferences (no hand-set weights): a random tiny Llama trained with the
+    Bradley-Terry loss on pairs of candidate-token responses, the one with more TARGET tokens preferred."""
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(_config(tokenizer, num_labels=1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    prompt = torch.tensor(tokenizer("hello world 3")["input_ids"])
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        responses = torch.tensor(CANDIDATES)[torch.randint(0, 4, (32, 6), generator=generator)]
+        rewards = model(input_ids=torch.cat([prompt.expand(32, -1), responses], 1)).logits[:, 0]
+        count = (responses == TARGET).sum(1)
+        sign = torch.sign((count[:16] - count[16:]).float())  # +1: the first of the pair is preferred
+        keep = sign != 0
+        loss = -torch.nn.functional.logsigmoid(sign[keep] * (rewards[:16] - rewards[16:])[keep]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_learns_a_learned_reward_model(tmp_path, smol_tokenizer):
+    """PPO (defaults: a critic) raises the score of a reward model trained on preferences. Measured over seeds 0-7
+    (model and run seed alike): last-two-update mean 5.6-7.0, gain over the first two 4.0-7.8; with learning_rate=0
+    (seeds 0-5) the last-two mean stays <= 1.1 and the 'gain' <= 2.2 (the learned scores are noisier per update than
+    the hand-made reward's)."""
+    recorder = LogRecorder()
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        reward_model=train_preference_rm(smol_tokenizer),
+        trainer_kwargs={"callbacks": [recorder]},
+        total_episodes=8 * 6,
+    )
+    trainer.train()
+    scores = _scores(recorder)
+    assert sum(scores[-2:]) / 2 > 4.0, scores
+    assert_learned(scores, margin=3.0)
