@@ -814,3 +814,14 @@ def test_learns_a_learned_reward_model(tmp_path, smol_tokenizer):
     scores = _scores(recorder)
     assert sum(scores[-2:]) / 2 > 4.0, scores
     assert_learned(scores, margin=3.0)
+
+
+def test_zero_value_head_of_a_brme_value_model_zeroes_its_means_only(smol_tokenizer):
+    from trl_robust.robust_ppo_trainer import token_values, zero_value_head
+
+    brme = make_constant_brme(smol_tokenizer)
+    ids = torch.tensor([smol_tokenizer("hello world")["input_ids"]])
+    assert torch.allclose(token_values(brme, ids, torch.ones_like(ids)), torch.tensor(sum(MEANS) / 3))
+    zero_value_head(brme)
+    assert not token_values(brme, ids, torch.ones_like(ids)).any()
+    assert brme.score.bias[3:].tolist() == pytest.approx(RAW_STDS)  # the std rows are left as they were

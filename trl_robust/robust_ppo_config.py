@@ -128,7 +128,8 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
         metadata={
             "help": "'keep' the value model's score head as given; 'zero' sets it to output 0, so that the first "
             "update's GAE advantages are the discounted returns instead of a random head's per-token noise (for a "
-            "value model started from the policy, whose head is random). Needs a linear head.",
+            "value model started from the policy, whose head is random). Needs a linear head (or a linear BRME head "
+            "without a prior: its means are zeroed).",
             "choices": ["keep", "zero"],
         },
     )

@@ -38,7 +38,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
-from .modeling_brme import BRMERewardModel
+from .modeling_brme import BRMEHeads, BRMERewardModel
 from .monitor import monitor_metrics
 from .ppo_utils import (
     PPOBatchSizes,
@@ -155,15 +155,19 @@ def zero_value_head(value_model: nn.Module) -> None:
     GAE starts from the discounted returns; the head still learns (its gradient is the hidden state), the backbone
     from the second step on."""
     head = _head(value_model)
-    if not isinstance(head, nn.Linear):
+    if isinstance(head, nn.Linear):
+        rows = slice(None)
+    elif isinstance(head, BRMEHeads) and head.prior_scale == 0:  # rows [:K] are the means, the value's mean of them
+        rows = slice(0, head.num_heads)
+    else:
         raise ValueError(
-            f"value_head_init='zero' needs a linear `score` head; {type(value_model).__name__} has a "
-            f"{type(head).__name__}. Use value_head_init='keep'."
+            f"value_head_init='zero' needs a linear `score` head (or a linear BRME head without a prior); "
+            f"{type(value_model).__name__} has a {type(head).__name__}. Use value_head_init='keep'."
         )
     with torch.no_grad():
-        head.weight.zero_()
+        head.weight[rows].zero_()
         if head.bias is not None:
-            head.bias.zero_()
+            head.bias[rows].zero_()
 
 
 @functools.cache
