@@ -11,7 +11,11 @@ from trl_robust.ppo_utils import (
     apply_missing_stop_penalty,
     compute_gae,
     compute_rewards,
+    correlation,
+    discounted_returns,
     entropy_from_logits,
+    explained_variance,
+    group_baseline,
     kl_penalty,
     last_real_index,
     lengths_to_mask,
@@ -128,6 +132,47 @@ def test_gae_matches_hand_loop_with_padding():
     assert adv[0, 1].item() == pytest.approx(-0.33 + 0.72 * 0.7)
 
 
+def test_discounted_returns_by_hand_and_gae_with_zero_values_is_them():
+    rewards = torch.tensor([[1.0, 2.0, 4.0, 8.0], [0.5, -1.0, 3.0, 0.0]])
+    mask = lengths_to_mask(torch.tensor([3, 4]), 4)  # row 0's 8.0 sits on padding
+    returns = discounted_returns(rewards, mask, 0.5)
+    # row 0: G2 = 4, G1 = 2 + 0.5 * 4 = 4, G0 = 1 + 0.5 * 4 = 3; row 1: G3 = 0, G2 = 3, G1 = -1 + 1.5 = 0.5,
+    # G0 = 0.5 + 0.25 = 0.75
+    assert returns.tolist() == [[3.0, 4.0, 4.0, 0.0], [0.75, 0.5, 3.0, 0.0]]
+    # A critic that outputs 0: GAE's advantages (and returns) are the returns discounted by gamma * lam.
+    adv, ret = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=0.5)
+    assert torch.allclose(adv, returns) and torch.allclose(ret, returns)
+
+
+def test_group_baselines_by_hand():
+    scores = torch.tensor([1.0, 3.0, 2.0, -4.0, 0.0, 1.0])  # two prompts, three answers each
+    assert group_baseline(scores, 3, "none").tolist() == [0.0] * 6
+    assert group_baseline(scores, 3, "prompt_mean").tolist() == [2.0, 2.0, 2.0, -1.0, -1.0, -1.0]
+    # leave-one-out: (3 + 2) / 2, (1 + 2) / 2, (1 + 3) / 2; (0 + 1) / 2, (-4 + 1) / 2, (-4 + 0) / 2
+    assert group_baseline(scores, 3, "prompt_loo").tolist() == [2.5, 1.5, 2.0, 0.5, -1.5, -2.0]
+    with pytest.raises(ValueError, match="num_samples_per_prompt=4"):
+        group_baseline(scores, 4, "prompt_mean")
+    with pytest.raises(ValueError, match="advantage_baseline"):
+        group_baseline(scores, 3, "median")
+
+
+def test_explained_variance_and_correlation_by_hand():
+    returns = torch.tensor([[1.0, 3.0, 99.0], [5.0, 7.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # real returns 1, 3, 5, 7, 9: mean 5, biased var 8
+    # errors R - V = 1, -1, 1, -1, 0 (the padding's value is ignored): mean 0, var 4 / 5 = 0.8 -> EV = 1 - 0.1
+    values = torch.tensor([[0.0, 4.0, -50.0], [4.0, 8.0, 9.0]])
+    assert explained_variance(values, returns, mask).item() == pytest.approx(0.9)
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    constant = torch.full_like(returns, 5.0)
+    assert explained_variance(constant, returns, mask).item() == pytest.approx(0.0)
+    # a critic worse than a constant: V = 10 - R, errors 2 (R - 5), variance 4 * 8 = 32: EV = 1 - 32 / 8
+    assert explained_variance(10.0 - returns, returns, mask).item() == pytest.approx(-3.0)
+    # x = 1, 2, 3, y = 2, 4, 7: centred -1, 0, 1 and -7/3, -1/3, 8/3; cov 5, |x| = sqrt 2, |y| = sqrt(114 / 9)
+    x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 7.0])
+    assert correlation(x, y).item() == pytest.approx(5 / math.sqrt(2 * 114 / 9))
+    assert correlation(x, -2 * x).item() == pytest.approx(-1.0)
+
+
 def test_whiten_advantages_uses_real_tokens_only():
     adv = torch.tensor([[1.0, 3.0, 50.0], [2.0, -7.0, 0.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -221,6 +266,14 @@ def test_config_validation_names_the_field():
         (dict(temperature=0.0), "temperature"),
         (dict(missing_eos_penalty=-1.0), "missing_eos_penalty"),
         (dict(num_mini_batches=0), "num_mini_batches"),
+        (dict(num_samples_per_prompt=0), "num_samples_per_prompt"),
+        (dict(advantage_baseline="prompt_mean"), "advantage_baseline"),
+        (dict(advantage_baseline="median", num_samples_per_prompt=2), "advantage_baseline"),
+        (dict(value_head_init="random"), "value_head_init"),
+        (dict(value_learning_rate=-1.0), "value_learning_rate"),
+        (dict(num_critic_warmup_updates=-1), "num_critic_warmup_updates"),
+        (dict(use_critic=False, num_critic_warmup_updates=2), "num_critic_warmup_updates"),
+        (dict(use_critic=False, value_head_init="zero"), "value_head_init"),
     ]:
         with pytest.raises(ValueError, match=field):
             RobustPPOConfig(**common, **bad)
@@ -257,6 +310,9 @@ def test_ppo_batch_sizes_by_hand():
         total_episodes=48,
         num_total_batches=6,
         batches_per_epoch=2,
+        num_samples_per_prompt=1,
+        local_prompts_per_update=8,
+        prompts_per_update=8,
     )
     assert not sizes.one_micro_batch_per_update
 
@@ -292,6 +348,19 @@ def test_ppo_batch_sizes_by_hand():
     assert sizes.one_micro_batch_per_update and (sizes.total_episodes, sizes.num_total_batches) == (30, 4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         sizes.batch_size = 16
+
+
+def test_ppo_batch_sizes_with_several_samples_per_prompt():
+    # 8 episodes per update = 2 prompts x 4 answers; 2 processes: 4 prompts per update, so 10 prompts hold 2 updates
+    # per pass; the default run is num_train_epochs (3) passes, each answering every prompt 4 times: 120 episodes.
+    config = _ppo_config(per_device_train_batch_size=8, num_samples_per_prompt=4)
+    sizes = ppo_batch_sizes(config, 2, 10)
+    assert (sizes.local_prompts_per_update, sizes.prompts_per_update, sizes.batch_size) == (2, 4, 16)
+    assert (sizes.batches_per_epoch, sizes.total_episodes, sizes.num_total_batches) == (2, 120, 8)
+    with pytest.raises(ValueError, match=r"divisible by num_samples_per_prompt: 8 is not divisible by 3"):
+        ppo_batch_sizes(_ppo_config(per_device_train_batch_size=8, num_samples_per_prompt=3), 1, 16)
+    with pytest.raises(ValueError, match=r"num_samples_per_prompt 4 = 4 prompts"):
+        ppo_batch_sizes(config, 2, 3)
 
 
 def test_ppo_batch_sizes_that_do_not_divide_name_the_fields():

@@ -644,3 +644,184 @@ def test_hacking_monitor_reads_the_rollout_scores_and_stops_the_run(tmp_path, sm
     assert log["monitor/alarm"] == 1.0 and log["monitor/frac_out"] == 1.0
     assert log["monitor/epistemic"] == pytest.approx(torch.tensor(MEANS).std(unbiased=False).item(), abs=1e-5)
     assert "monitor/gap" not in log  # no reference gap given: not tracked
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Critic, baselines and their diagnostics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _one_rollout(trainer):
+    """The first update's rollout batch and PPO statistics, as `train` makes them."""
+    trainer._start_time, trainer._session_episodes, trainer.state.episode = 0.0, 0, 0
+    queries, query_mask = trainer._prompt_batch(0)
+    trainer.model.eval()
+    batch = trainer._rollout(queries, query_mask)
+    return batch, trainer._ppo_epochs(batch)
+
+
+def _real(tensor, mask):
+    return [float(x) for x, m in zip(tensor.reshape(-1).tolist(), mask.reshape(-1).tolist(), strict=True) if m]
+
+
+def test_critic_diagnostics_are_logged_and_match_a_hand_computation(tmp_path, smol_tokenizer):
+    trainer = build_trainer(tmp_path, smol_tokenizer, total_episodes=8, num_ppo_epochs=1)
+    batch, stats = _one_rollout(trainer)
+    metrics = trainer._metrics(batch, stats)
+    mask = batch["response_mask"]
+    returns, values = _real(batch["returns"], mask), _real(batch["values"], mask)
+    errors = [r - v for r, v in zip(returns, values, strict=True)]
+
+    def var(xs):
+        mu = sum(xs) / len(xs)
+        return sum((x - mu) ** 2 for x in xs) / len(xs)
+
+    assert metrics["val/explained_variance"] == pytest.approx(1 - var(errors) / var(returns), rel=1e-4)
+    assert metrics["val/value_mean"] == pytest.approx(sum(values) / len(values), abs=1e-5)
+    assert metrics["val/return_mean"] == pytest.approx(sum(returns) / len(returns), abs=1e-5)
+    # per episode: the mean of its unwhitened advantages against its score
+    adv = [sum(_real(a, m)) / int(m.sum()) for a, m in zip(batch["raw_advantages"], mask, strict=True)]
+    scores = batch["scores"].tolist()
+    ma, ms = sum(adv) / 8, sum(scores) / 8
+    cov = sum((a - ma) * (s - ms) for a, s in zip(adv, scores, strict=True))
+    corr = cov / math.sqrt(sum((a - ma) ** 2 for a in adv) * sum((s - ms) ** 2 for s in scores))
+    assert metrics["val/advantage_score_corr"] == pytest.approx(corr, abs=1e-4)
+    assert {"loss/value_avg", "val/clipfrac_avg"} <= set(metrics)
+
+
+def test_a_zero_value_head_gives_advantages_equal_to_the_discounted_returns(tmp_path, smol_tokenizer):
+    from trl_robust.ppo_utils import compute_rewards, discounted_returns
+
+    value_model = make_value_model(smol_tokenizer)
+    trainer = build_trainer(
+        tmp_path, smol_tokenizer, value_model=value_model, total_episodes=8, value_head_init="zero", gamma=0.9, lam=0.8
+    )
+    assert not value_model.score.weight.any()
+    queries, query_mask = trainer._prompt_batch(0)
+    trainer.model.eval()
+    batch = trainer._rollout(queries, query_mask)
+    mask = batch["response_mask"]
+    assert not batch["values"].any()
+    rewards, _ = compute_rewards(batch["kl"], batch["scores"], mask.sum(1), trainer.args.kl_coef)
+    expected = discounted_returns(rewards, mask, 0.9 * 0.8)
+    assert torch.allclose(batch["raw_advantages"], expected, atol=1e-6)
+    assert torch.allclose(batch["returns"], expected, atol=1e-6)
+    assert batch["raw_advantages"][mask].abs().sum() > 0  # the scores are not all 0: the check has content
+
+
+def test_critic_warmup_updates_train_the_value_model_only(tmp_path, smol_tokenizer):
+    policy, value_model = make_policy(smol_tokenizer), make_value_model(smol_tokenizer)
+    policy_before = copy.deepcopy(policy.state_dict())
+    value_before = copy.deepcopy(value_model.state_dict())
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        policy=policy,
+        value_model=value_model,
+        total_episodes=16,
+        num_critic_warmup_updates=2,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(torch.equal(v, policy_before[k]) for k, v in policy.state_dict().items())
+    changed = [k for k, v in value_model.state_dict().items() if not torch.equal(v, value_before[k])]
+    assert "score.weight" in changed and len(changed) > 5
+
+
+def test_value_learning_rate_gets_its_own_parameter_groups(tmp_path, smol_tokenizer):
+    value_model = make_value_model(smol_tokenizer)
+    trainer = build_trainer(tmp_path, smol_tokenizer, value_model=value_model, value_learning_rate=1e-1)
+    value_ids = {id(p) for p in value_model.parameters()}
+    seen = set()
+    for group in trainer.optimizer.param_groups:
+        kinds = {id(p) in value_ids for p in group["params"]}
+        assert len(kinds) == 1  # a group is all policy or all value
+        assert group["lr"] == pytest.approx(1e-1 if kinds == {True} else 3e-2)
+        seen |= {id(p) for p in group["params"]}
+    assert value_ids <= seen and len(seen) == len(value_ids) + len(list(trainer.policy_model.parameters()))
+
+
+def test_critic_free_group_baseline_centres_each_prompts_scores_and_learns(tmp_path, smol_tokenizer):
+    recorder = LogRecorder()
+    value_model = make_value_model(smol_tokenizer)
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        value_model=value_model,  # passed as old scripts do, then dropped
+        trainer_kwargs={"callbacks": [recorder]},
+        total_episodes=8 * 6,
+        use_critic=False,
+        num_samples_per_prompt=4,
+        advantage_baseline="prompt_mean",
+    )
+    assert trainer.model.value_model is None
+    assert not {id(p) for p in value_model.parameters()} & {
+        id(p) for g in trainer.optimizer.param_groups for p in g["params"]
+    }
+    assert trainer.batch_sizes.prompts_per_update == 2
+    queries, query_mask = trainer._prompt_batch(0)
+    assert torch.equal(queries[0], queries[3]) and not torch.equal(queries[0], queries[4])  # 2 prompts x 4 answers
+    trainer.model.eval()
+    batch = trainer._rollout(queries, query_mask)
+    assert batch["values"] is None
+    # gamma 1: the first token's return is the sum of the answer's KL rewards plus its score minus its prompt's mean
+    scores = batch["scores"].view(2, 4)
+    centred = (scores - scores.mean(1, keepdim=True)).reshape(-1)
+    kl_part = (-trainer.args.kl_coef * batch["kl"]).sum(1)
+    assert torch.allclose(batch["returns"][:, 0], centred + kl_part, atol=1e-5)
+
+    trainer.train()
+    assert_learned(_scores(recorder))
+    log = recorder.logs[-1]
+    assert "val/advantage_score_corr" in log and "val/explained_variance" not in log and "loss/value_avg" not in log
+
+
+def train_preference_rm(tokenizer, seed=0, steps=150):
+    """A reward model LEARNED from preferences (no hand-set weights): a random tiny Llama trained with the
+    Bradley-Terry loss on pairs of candidate-token responses, the one with more TARGET tokens preferred."""
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(_config(tokenizer, num_labels=1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    prompt = torch.tensor(tokenizer("hello world 3")["input_ids"])
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        responses = torch.tensor(CANDIDATES)[torch.randint(0, 4, (32, 6), generator=generator)]
+        rewards = model(input_ids=torch.cat([prompt.expand(32, -1), responses], 1)).logits[:, 0]
+        count = (responses == TARGET).sum(1)
+        sign = torch.sign((count[:16] - count[16:]).float())  # +1: the first of the pair is preferred
+        keep = sign != 0
+        loss = -torch.nn.functional.logsigmoid(sign[keep] * (rewards[:16] - rewards[16:])[keep]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_learns_a_learned_reward_model(tmp_path, smol_tokenizer):
+    """PPO (defaults: a critic) raises the score of a reward model trained on preferences. Measured over seeds 0-7
+    (model and run seed alike): last-two-update mean 5.6-7.0, gain over the first two 4.0-7.8; with learning_rate=0
+    (seeds 0-5) the last-two mean stays <= 1.1 and the 'gain' <= 2.2 (the learned scores are noisier per update than
+    the hand-made reward's)."""
+    recorder = LogRecorder()
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        reward_model=train_preference_rm(smol_tokenizer),
+        trainer_kwargs={"callbacks": [recorder]},
+        total_episodes=8 * 6,
+    )
+    trainer.train()
+    scores = _scores(recorder)
+    assert sum(scores[-2:]) / 2 > 4.0, scores
+    assert_learned(scores, margin=3.0)
+
+
+def test_zero_value_head_of_a_brme_value_model_zeroes_its_means_only(smol_tokenizer):
+    from trl_robust.robust_ppo_trainer import token_values, zero_value_head
+
+    brme = make_constant_brme(smol_tokenizer)
+    ids = torch.tensor([smol_tokenizer("hello world")["input_ids"]])
+    assert torch.allclose(token_values(brme, ids, torch.ones_like(ids)), torch.tensor(sum(MEANS) / 3))
+    zero_value_head(brme)
+    assert not token_values(brme, ids, torch.ones_like(ids)).any()
+    assert brme.score.bias[3:].tolist() == pytest.approx(RAW_STDS)  # the std rows are left as they were

@@ -181,6 +181,71 @@ def compute_gae(
     return advantages, (advantages + values) * mask
 
 
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """
+    Reward-to-go of every real token, `G_t = sum_{l >= 0} discount^l * r_{t+l}` up to the last real token (0 on
+    padding): the advantages of the critic-free mode (`use_critic=False`, with `discount = gamma`), and what GAE gives
+    with a value of 0 everywhere (`compute_gae(r, 0, mask, gamma, lam)` = `discounted_returns(r, mask, gamma * lam)`).
+    """
+    mask = mask.to(rewards.dtype)
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + discount * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def group_baseline(scores: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
+    """
+    The baseline subtracted from each sequence score when every prompt is answered `group_size` times (consecutive
+    rows are one prompt's answers), as RLOO and GRPO take it:
+
+    - `"none"`: 0;
+    - `"prompt_mean"`: the group mean, `b_i = mean_{j in g(i)} s_j`;
+    - `"prompt_loo"`: the mean of the OTHER answers, `b_i = (sum_{j in g(i)} s_j - s_i) / (k - 1)` (leave-one-out,
+      unbiased; `s_i - b_i = k / (k - 1) * (s_i - mean)`), which needs `k >= 2`.
+    """
+    if kind == "none":
+        return torch.zeros_like(scores)
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of num_samples_per_prompt={group_size}.")
+    groups = scores.view(-1, group_size)
+    if kind == "prompt_mean":
+        return groups.mean(1, keepdim=True).expand_as(groups).reshape(-1)
+    if kind == "prompt_loo":
+        if group_size < 2:
+            raise ValueError("advantage_baseline='prompt_loo' needs num_samples_per_prompt >= 2.")
+        return ((groups.sum(1, keepdim=True) - groups) / (group_size - 1)).reshape(-1)
+    raise ValueError(f"advantage_baseline must be 'none', 'prompt_mean' or 'prompt_loo', got {kind!r}.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Diagnostics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    How much of the returns' variance the value model explains, over real tokens:
+
+        EV = 1 - Var(R - V) / Var(R)      (biased variances, masked).
+
+    1: perfect; 0: no better than predicting the mean return; < 0: worse than a constant (its errors add noise to
+    the advantages). NaN when the returns do not vary.
+    """
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_error = masked_var(returns - values, mask, unbiased=False)
+    return 1.0 - var_error / var_returns
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two 1-D tensors, `cov(x, y) / (std(x) * std(y))`; NaN when either is constant."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    return ((x * y).sum() / (x.square().sum().sqrt() * y.square().sum().sqrt())).float()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------------------------
@@ -332,7 +397,10 @@ class PPOBatchSizes:
     grad_accum_steps: int  # micro-batches accumulated into one optimiser step: local_mini / local_micro
     total_episodes: int  # episodes in the run
     num_total_batches: int  # PPO updates in the run: ceil(total_episodes / batch_size)
-    batches_per_epoch: int  # updates per pass over the dataset (drop-last): len(dataset) // batch_size
+    batches_per_epoch: int  # updates per pass over the dataset (drop-last): len(dataset) // prompts_per_update
+    num_samples_per_prompt: int = 1  # answers sampled per prompt (one prompt's answers stay on one rank)
+    local_prompts_per_update: int = 0  # prompts per rank per update: local_batch_size / num_samples_per_prompt
+    prompts_per_update: int = 0  # prompts per update over all ranks: batch_size / num_samples_per_prompt
 
     @property
     def one_micro_batch_per_update(self) -> bool:
@@ -348,7 +416,9 @@ def ppo_batch_sizes(args: "RobustPPOConfig", world_size: int, dataset_len: int) 
     `num_mini_batches` optimiser steps per PPO epoch, each accumulated over micro-batches of
     `per_device_train_batch_size` (or the whole minibatch when it is smaller). The run is `max_steps` updates when it
     is > 0, else `ceil(total_episodes / batch_size)` (`total_episodes` defaulting to `num_train_epochs` passes over the
-    dataset).
+    dataset). With `num_samples_per_prompt = k`, an update answers `batch_size / k` prompts k times each (every rank
+    holds whole groups, so a per-prompt baseline is local), and a pass over the dataset is `k * len(dataset)`
+    episodes.
 
     Raises a `ValueError` naming the fields when a division is not exact or the dataset holds fewer prompts than one
     update.
@@ -366,16 +436,24 @@ def ppo_batch_sizes(args: "RobustPPOConfig", world_size: int, dataset_len: int) 
         "the per-rank minibatch (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
         "must be divisible by per_device_train_batch_size",
     )
+    samples = args.num_samples_per_prompt
+    local_prompts = exact_div(
+        local_batch_size,
+        samples,
+        "per_device_train_batch_size * gradient_accumulation_steps must be divisible by num_samples_per_prompt",
+    )
     batch_size = local_batch_size * world_size
-    if dataset_len < batch_size:
+    prompts_per_update = local_prompts * world_size
+    if dataset_len < prompts_per_update:
         raise ValueError(
             f"train_dataset has {dataset_len} prompts, fewer than one update's batch_size "
-            f"{batch_size} (per_device_train_batch_size * gradient_accumulation_steps * num_processes)."
+            f"{batch_size} (per_device_train_batch_size * gradient_accumulation_steps * num_processes)"
+            + (f" / num_samples_per_prompt {samples} = {prompts_per_update} prompts." if samples > 1 else ".")
         )
     if args.max_steps > 0:  # TrainingArguments' own way to fix the run length wins, counted in updates
         total_episodes = args.max_steps * batch_size
     elif args.total_episodes is None:
-        total_episodes = int(args.num_train_epochs * dataset_len)
+        total_episodes = int(args.num_train_epochs * dataset_len * samples)
     else:
         total_episodes = args.total_episodes
     return PPOBatchSizes(
@@ -388,5 +466,8 @@ def ppo_batch_sizes(args: "RobustPPOConfig", world_size: int, dataset_len: int) 
         grad_accum_steps=grad_accum_steps,
         total_episodes=total_episodes,
         num_total_batches=math.ceil(total_episodes / batch_size),
-        batches_per_epoch=dataset_len // batch_size,
+        batches_per_epoch=dataset_len // prompts_per_update,
+        num_samples_per_prompt=samples,
+        local_prompts_per_update=local_prompts,
+        prompts_per_update=prompts_per_update,
     )

@@ -118,6 +118,56 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value function."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "Lambda of generalised advantage estimation (GAE)."})
+    # Critic and baseline (not in TRL 1.12's PPOConfig; the defaults are its behaviour). See docs/robust_ppo_trainer.md
+    # ("Critic and baseline") for what was measured.
+    use_critic: bool = field(
+        default=True,
+        metadata={
+            "help": "Train a value model and take advantages from GAE. False: no value model (value_model may be "
+            "None; one that is passed is neither run nor trained), advantages are the discounted KL-penalised "
+            "returns minus advantage_baseline, then whitened over the batch (REINFORCE/RLOO-style PPO)."
+        },
+    )
+    value_head_init: Literal["keep", "zero"] = field(
+        default="keep",
+        metadata={
+            "help": "'keep' the value model's score head as given; 'zero' sets it to output 0, so that the first "
+            "update's GAE advantages are the discounted returns instead of a random head's per-token noise (for a "
+            "value model started from the policy, whose head is random). Needs a linear head (or a linear BRME head "
+            "without a prior: its means are zeroed).",
+            "choices": ["keep", "zero"],
+        },
+    )
+    value_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the value model (its own AdamW parameter group); None: learning_rate. Under "
+            "Adam, vf_coef barely changes the critic's step size: this does."
+        },
+    )
+    num_critic_warmup_updates: int = field(
+        default=0,
+        metadata={
+            "help": "The first N updates train the value model only (value loss alone, the policy unchanged), on "
+            "rollouts of the initial policy, as OpenRLHF's freezing_actor_steps. They count in the run's updates."
+        },
+    )
+    num_samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Answers sampled per prompt in a rollout; an update then answers batch_size / k prompts k times "
+            "(per_device_train_batch_size * gradient_accumulation_steps must be divisible by it)."
+        },
+    )
+    advantage_baseline: Literal["none", "prompt_mean", "prompt_loo"] = field(
+        default="none",
+        metadata={
+            "help": "Subtracted from every sequence score before the rewards: 'none'; 'prompt_mean', the mean score "
+            "of the prompt's answers (GRPO); 'prompt_loo', the mean of its other answers (RLOO). The prompt "
+            "baselines need num_samples_per_prompt >= 2. The logged objective/scores stay the raw scores.",
+            "choices": ["none", "prompt_mean", "prompt_loo"],
+        },
+    )
     ds3_gather_for_generation: bool = field(
         default=True,
         metadata={
@@ -140,6 +190,40 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             raise ValueError(f"RobustPPOConfig.missing_eos_penalty must be >= 0, got {self.missing_eos_penalty!r}.")
         if self.temperature <= 0:
             raise ValueError(f"RobustPPOConfig.temperature must be > 0, got {self.temperature!r}.")
-        for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
+        if self.value_head_init not in ("keep", "zero"):
+            raise ValueError(f"RobustPPOConfig.value_head_init must be 'keep' or 'zero', got {self.value_head_init!r}.")
+        if self.advantage_baseline not in ("none", "prompt_mean", "prompt_loo"):
+            raise ValueError(
+                "RobustPPOConfig.advantage_baseline must be 'none', 'prompt_mean' or 'prompt_loo', got "
+                f"{self.advantage_baseline!r}."
+            )
+        if self.advantage_baseline != "none" and self.num_samples_per_prompt < 2:
+            raise ValueError(
+                f"RobustPPOConfig.advantage_baseline={self.advantage_baseline!r} needs num_samples_per_prompt >= 2 "
+                f"(a baseline from the prompt's other answers), got {self.num_samples_per_prompt}."
+            )
+        if self.value_learning_rate is not None and self.value_learning_rate < 0:
+            raise ValueError(f"RobustPPOConfig.value_learning_rate must be >= 0, got {self.value_learning_rate!r}.")
+        if self.num_critic_warmup_updates < 0:
+            raise ValueError(
+                f"RobustPPOConfig.num_critic_warmup_updates must be >= 0, got {self.num_critic_warmup_updates!r}."
+            )
+        if not self.use_critic:
+            for name, default in (
+                ("num_critic_warmup_updates", 0),
+                ("value_head_init", "keep"),
+                ("value_learning_rate", None),
+            ):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"RobustPPOConfig.{name} needs use_critic=True (there is no value model to train)."
+                    )
+        for name in (
+            "num_mini_batches",
+            "num_ppo_epochs",
+            "response_length",
+            "local_rollout_forward_batch_size",
+            "num_samples_per_prompt",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"RobustPPOConfig.{name} must be >= 1, got {getattr(self, name)!r}.")

@@ -40,14 +40,18 @@ from .aggregation import Aggregation
 from .checkpointing import atomic_checkpoint
 from .fsdp import layer_classes_to_wrap, root_unsharded
 from .model_card import RobustModelCardMixin, write_model_card
-from .modeling_brme import BRMERewardModel
+from .modeling_brme import BRMEHeads, BRMERewardModel
 from .monitor import monitor_metrics
 from .ppo_utils import (
     PPOBatchSizes,
     apply_missing_stop_penalty,
     compute_gae,
     compute_rewards,
+    correlation,
+    discounted_returns,
     entropy_from_logits,
+    explained_variance,
+    group_baseline,
     kl_penalty,
     last_real_index,
     lengths_to_mask,
@@ -148,6 +152,26 @@ def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask
     return _head(value_model)(hidden)[..., 0].float()
 
 
+def zero_value_head(value_model: nn.Module) -> None:
+    """Make a value model output 0 everywhere (`value_head_init="zero"`) by zeroing its linear `score` head, so that
+    GAE starts from the discounted returns; the head still learns (its gradient is the hidden state), the backbone
+    from the second step on."""
+    head = _head(value_model)
+    if isinstance(head, nn.Linear):
+        rows = slice(None)
+    elif isinstance(head, BRMEHeads) and head.prior_scale == 0:  # rows [:K] are the means, the value's mean of them
+        rows = slice(0, head.num_heads)
+    else:
+        raise ValueError(
+            f"value_head_init='zero' needs a linear `score` head (or a linear BRME head without a prior); "
+            f"{type(value_model).__name__} has a {type(head).__name__}. Use value_head_init='keep'."
+        )
+    with torch.no_grad():
+        head.weight[rows].zero_()
+        if head.bias is not None:
+            head.bias[rows].zero_()
+
+
 @functools.cache
 def _accepts_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
@@ -177,7 +201,9 @@ def response_logits(
 class PolicyAndValue(nn.Module):
     """Policy and value model in one module, so one `accelerator.prepare` (DDP / DeepSpeed) trains both."""
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module, gradient_checkpointing_kwargs: dict | None = None):
+    def __init__(
+        self, policy: nn.Module, value_model: nn.Module | None, gradient_checkpointing_kwargs: dict | None = None
+    ):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
@@ -203,11 +229,13 @@ class PolicyAndValue(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns `(policy logits [B, R, V], values [B, R])` at the positions that predict the R response tokens;
-        positions come from the mask (left padding)."""
+        positions come from the mask (left padding). Without a value model (`use_critic=False`) the values are None."""
         # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
-        values = token_values(self.value_model, input_ids, attention_mask)[:, context_length - 1 : -1]
+        values = None
+        if self.value_model is not None:
+            values = token_values(self.value_model, input_ids, attention_mask)[:, context_length - 1 : -1]
         # The policy runs second so that the backward, which starts from the latest operations, finishes the policy
         # (whose tied embedding and LM head gradients are summed at the end) before the value model's gradients exist.
         logits = response_logits(self.policy, input_ids, attention_mask, context_length)
@@ -304,6 +332,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         reward_processing_class: PreTrainedTokenizerBase | None = None,
     ) -> None:
         self._check_args(args, model, ref_model, reward_model, value_model, train_dataset)
+        value_model = self._choose_value_model(args, value_model)
         self._set_token_ids(args, processing_class, model)
         model = self._build_models(args, model, ref_model, value_model, reward_model, peft_config)
         self.reward_tokenizer = self._check_reward_tokenizer(
@@ -338,8 +367,23 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             raise ValueError("RobustPPOTrainer needs a train_dataset of prompts.")
         if ref_model is not None and ref_model is model:
             raise ValueError("model and ref_model must be different objects; pass ref_model=None to copy the policy.")
-        if value_model is reward_model:
+        if value_model is not None and value_model is reward_model:
             raise ValueError("value_model and reward_model must be different objects: the value model is trained.")
+
+    @staticmethod
+    def _choose_value_model(args: RobustPPOConfig, value_model: PreTrainedModel | None) -> PreTrainedModel | None:
+        """The value model that is trained: the one given (its head zeroed for `value_head_init="zero"`), or None in
+        the critic-free mode, where a given one is dropped (not run, trained nor saved), so old scripts that always
+        build one still run."""
+        if not args.use_critic:
+            if value_model is not None:
+                logger.warning("use_critic=False: the value_model passed to RobustPPOTrainer is not used.")
+            return None
+        if value_model is None:
+            raise ValueError("RobustPPOTrainer needs a value_model unless use_critic=False.")
+        if args.value_head_init == "zero":
+            zero_value_head(value_model)
+        return value_model
 
     def _set_token_ids(self, args: RobustPPOConfig, processing_class: Any, model: PreTrainedModel) -> None:
         """The policy's tokenizer (given a pad token when it has none) and the token ids the trainer looks for or
@@ -399,7 +443,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
             if self.is_peft_model:
                 model.enable_input_require_grads()
-            if getattr(value_model, "supports_gradient_checkpointing", False):
+            if value_model is not None and getattr(value_model, "supports_gradient_checkpointing", False):
                 value_model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs
                 )
@@ -444,6 +488,26 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         self._reward_module = getattr(self.reward_model, "module", self.reward_model)
         self._ref_module = getattr(self.ref_model, "module", self.ref_model) if self.ref_model is not None else None
 
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer; with `value_learning_rate`, each of its parameter groups (weight decay or not) is split
+        into the policy's part and the value model's, which gets that learning rate (the scheduler scales both). An
+        optimizer passed in `optimizers=` is used as it is."""
+        given = self.optimizer is not None  # passed in `optimizers=`: its groups are the caller's
+        optimizer = super().create_optimizer(model)
+        if given or self.args.value_learning_rate is None or self.value_model is None:
+            return optimizer
+        value_ids = {id(p) for p in self.value_model.parameters()}
+        groups, optimizer.param_groups = optimizer.param_groups, []
+        for group in groups:
+            options = {key: value for key, value in group.items() if key != "params"}
+            policy = [p for p in group["params"] if id(p) not in value_ids]
+            value = [p for p in group["params"] if id(p) in value_ids]
+            if policy:
+                optimizer.add_param_group({**options, "params": policy})
+            if value:
+                optimizer.add_param_group({**options, "params": value, "lr": self.args.value_learning_rate})
+        return optimizer
+
     # ---------------------------------------------------------------------------------------------------------------
     # Data
     # ---------------------------------------------------------------------------------------------------------------
@@ -486,9 +550,12 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         epoch, index = divmod(update, sizes.batches_per_epoch)
         generator = torch.Generator().manual_seed(self.args.seed + epoch)
         order = torch.randperm(self.train_dataset_len, generator=generator)
-        start = index * sizes.batch_size + self.accelerator.process_index * sizes.local_batch_size
-        indices = order[start : start + sizes.local_batch_size].tolist()
-        return self._collate([self.train_dataset[i] for i in indices])
+        start = index * sizes.prompts_per_update + self.accelerator.process_index * sizes.local_prompts_per_update
+        indices = order[start : start + sizes.local_prompts_per_update].tolist()
+        queries, query_mask = self._collate([self.train_dataset[i] for i in indices])
+        # num_samples_per_prompt answers per prompt, in consecutive rows (`group_baseline` reads them so)
+        samples = sizes.num_samples_per_prompt
+        return queries.repeat_interleave(samples, 0), query_mask.repeat_interleave(samples, 0)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Rollout
@@ -655,7 +722,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             if "means" in scored:
                 means.append(scored["means"])
                 stds.append(scored["stds"])
-        ref_logprobs, values, raw_scores = torch.cat(ref_logprobs), values.float(), torch.cat(scores)
+        ref_logprobs, raw_scores = torch.cat(ref_logprobs), torch.cat(scores)
         check_finite_scores(
             raw_scores,
             f"RobustPPOTrainer, update {self.state.global_step + 1} (process {self.accelerator.process_index})",
@@ -665,11 +732,18 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
 
         scores = apply_missing_stop_penalty(raw_scores, has_stop, args.missing_eos_penalty)
         kl = kl_penalty(logprobs, ref_logprobs, args.kl_estimator) * response_mask
-        rewards, non_score_rewards = compute_rewards(kl, scores, lengths, args.kl_coef)
+        # The per-prompt baseline comes off the score only: the KL part of the reward is each answer's own.
+        baseline = group_baseline(scores, self.batch_sizes.num_samples_per_prompt, args.advantage_baseline)
+        rewards, non_score_rewards = compute_rewards(kl, scores - baseline, lengths, args.kl_coef)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, response_mask, shift_mean=False) * response_mask
-        values = values * response_mask
-        advantages, returns = compute_gae(rewards, values, response_mask, args.gamma, args.lam)
+        if values is None:  # critic-free: the reward-to-go, whose batch mean the whitening below takes off
+            returns = discounted_returns(rewards, response_mask, args.gamma)
+            advantages = returns
+        else:
+            values = values.float() * response_mask
+            advantages, returns = compute_gae(rewards, values, response_mask, args.gamma, args.lam)
+        raw_advantages = advantages
         advantages = whiten_advantages(advantages, response_mask)
         batch = {
             "input_ids": input_ids,
@@ -679,6 +753,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "logprobs": logprobs,
             "values": values,
             "advantages": advantages,
+            "raw_advantages": raw_advantages,  # before whitening, for the metrics
             "returns": returns,
             "kl": kl,
             "non_score_rewards": non_score_rewards,
@@ -711,7 +786,8 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             with torch.enable_grad():
                 forward = self._policy_and_value_forward(input_ids, attention_mask, responses, context_length)
             self.model.eval()  # the reference may be this policy with its adapters disabled
-            return forward[0].detach(), forward[1].detach(), forward
+            values = forward[1].detach() if forward[1] is not None else None
+            return forward[0].detach(), values, forward
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
         logprobs, values = [], []
         chunk = self.args.local_rollout_forward_batch_size
@@ -719,9 +795,10 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
             with self.accelerator.autocast():  # mixed precision as in training, so the first PPO ratio is exactly 1
                 logprobs.append(self._policy_logprobs(unwrapped.policy, ids, mask, resp, context_length))
-                # V(s_t) for response token t is read where the token is predicted: position context_length - 1 + t.
-                values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
-        return torch.cat(logprobs), torch.cat(values), None
+                if unwrapped.value_model is not None:
+                    # V(s_t) for response token t is read where the token is predicted: context_length - 1 + t.
+                    values.append(token_values(unwrapped.value_model, ids, mask)[:, context_length - 1 : -1])
+        return torch.cat(logprobs), torch.cat(values) if values else None, None
 
     # ---------------------------------------------------------------------------------------------------------------
     # Optimisation
@@ -748,6 +825,10 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         is_deepspeed = self.is_deepspeed_enabled
         stats = defaultdict(list)
         first_epoch_forward = batch.pop("first_epoch_forward", None)
+        critic = batch["values"] is not None
+        # Critic warm-up: the value loss alone, so the policy's parameters get no gradient and AdamW leaves them as
+        # they are (it skips parameters without one).
+        warmup = self.state.global_step < args.num_critic_warmup_updates
         self.model.train()
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(sizes.local_batch_size)
@@ -761,7 +842,9 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
                     sync = nullcontext() if (is_deepspeed or last_micro) else self.accelerator.no_sync(model)
                     with sync:
                         if first_epoch_forward is not None:  # the rollout ran it (`_old_logprobs_and_values`)
-                            new_logprobs, vpred, entropy = (t[idx] for t in first_epoch_forward)
+                            new_logprobs, vpred, entropy = (
+                                t[idx] if t is not None else None for t in first_epoch_forward
+                            )
                             first_epoch_forward = None
                         else:
                             new_logprobs, vpred, entropy = self._policy_and_value_forward(
@@ -774,17 +857,21 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
                         pg_loss, pg_clipfrac, approxkl = policy_loss(
                             new_logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, args.cliprange
                         )
-                        vf_loss, vf_clipfrac = value_loss(
-                            vpred, batch["values"][idx], batch["returns"][idx], mask, args.cliprange_value
-                        )
-                        loss = (pg_loss + args.vf_coef * vf_loss) / sizes.grad_accum_steps
+                        loss = pg_loss if not warmup else 0.0
+                        if critic:
+                            vf_loss, vf_clipfrac = value_loss(
+                                vpred, batch["values"][idx], batch["returns"][idx], mask, args.cliprange_value
+                            )
+                            loss = loss + args.vf_coef * vf_loss
+                        loss = loss / sizes.grad_accum_steps
                         kwargs = {"scale_wrt_gas": False} if is_deepspeed else {}
                         self.accelerator.backward(loss, **kwargs)
                     with torch.no_grad():
                         stats["pg_loss"].append(pg_loss.detach())
-                        stats["vf_loss"].append(vf_loss.detach())
                         stats["pg_clipfrac"].append(pg_clipfrac)
-                        stats["vf_clipfrac"].append(vf_clipfrac)
+                        if critic:
+                            stats["vf_loss"].append(vf_loss.detach())
+                            stats["vf_clipfrac"].append(vf_clipfrac)
                         stats["approxkl"].append(approxkl)
                         stats["entropy"].append(masked_mean(entropy, mask))
                         stats["ratio"].append(
@@ -818,8 +905,6 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "policy/approxkl_avg": mean(stats["approxkl"]),
             "policy/clipfrac_avg": mean(stats["pg_clipfrac"]),
             "loss/policy_avg": mean(stats["pg_loss"]),
-            "loss/value_avg": mean(stats["vf_loss"]),
-            "val/clipfrac_avg": mean(stats["vf_clipfrac"]),
             "policy/entropy_avg": mean(stats["entropy"]),
             "val/ratio": ratios.mean().item(),
             "val/ratio_var": ratios.var().item() if ratios.numel() > 1 else 0.0,
@@ -827,11 +912,38 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "lr": self.lr_scheduler.get_last_lr()[0],
             "episode": self.state.episode,
         }
+        metrics.update(self._critic_metrics(batch, stats))
         if "means" in batch:
             means, stds = gather(batch["means"]), gather(batch["stds"])
             metrics.update(self._robust_metrics(means, stds))
             # every update, logged or not: a HackingMonitor's window follows every rollout
             metrics.update(monitor_metrics(self.callback_handler.callbacks, means, stds, self.state.global_step))
+        return metrics
+
+    def _critic_metrics(self, batch: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """How much the critic helps (see the metric table in docs/robust_ppo_trainer.md): the value loss and clip
+        fraction (TRL 1.12's names), the explained variance of the returns by the rollout's values, value and return
+        means over real tokens, and the correlation over episodes of the mean (unwhitened) advantage with the score.
+        Without a critic only the returns and the correlation."""
+        gather = self.accelerator.gather_for_metrics
+        mask = batch["response_mask"]
+        returns = gather(batch["returns"].float())
+        all_mask = gather(mask)
+        episode_advantage = gather(masked_mean(batch["raw_advantages"].float(), mask, dim=1))
+        metrics = {
+            "val/return_mean": masked_mean(returns, all_mask).item(),
+            "val/advantage_score_corr": correlation(episode_advantage, gather(batch["scores"].float())).item(),
+        }
+        if batch["values"] is not None:
+            values = gather(batch["values"].float())
+            metrics.update(
+                {
+                    "loss/value_avg": gather(stats["vf_loss"].float().reshape(-1)).mean().item(),
+                    "val/clipfrac_avg": gather(stats["vf_clipfrac"].float().reshape(-1)).mean().item(),
+                    "val/explained_variance": explained_variance(values, returns, all_mask).item(),
+                    "val/value_mean": masked_mean(values, all_mask).item(),
+                }
+            )
         return metrics
 
     def _robust_metrics(self, means: torch.Tensor, stds: torch.Tensor) -> dict[str, float]:

@@ -257,6 +257,10 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         local_rollout_forward_batch_size=args.ppo_batch_size,
         total_episodes=args.ppo_updates * args.ppo_batch_size,
         num_ppo_epochs=2,
+        # A value model started from the policy (the BRME reads another tokenizer) has a random head, whose noise made
+        # val/explained_variance -40 to -5.7 at this scale; a zero head starts GAE from the returns (EV ~0, see
+        # docs/benchmarks.md, "PPO against GRPO on a learned reward"). One from the reward model keeps its head.
+        value_head_init="keep" if reward_processing_class is None else "zero",
         response_length=args.response_length,
         stop_token="eos",
         learning_rate=args.ppo_learning_rate,

@@ -1,0 +1,189 @@
+"""PPO against GRPO on a learned reward, at the over-optimisation harness's scale (issue 14's learning target).
+
+Both optimise the same proxy BRME (MiniLM, trained on VADER-labelled pairs of SmolLM2-135M-Instruct answers, as
+`trl_robust.overoptimization` trains it) from the same policy, on the same prompts, with the same number of episodes
+per update and updates; the harness's judge measures the held-out proxy reward (and gold, VADER) of fresh answers to
+fixed evaluation prompts before the first update and every `--eval-every` updates. A run's gain is its last
+measurement minus its first. Each PPO arm is a set of `RobustPPOConfig` fields on top of the harness's PPO settings.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/ppo_vs_grpo.py --seeds 0 1 2 --updates 8 \
+        --arms grpo ppo ppo_group --out outputs/ppo_vs_grpo
+
+Writes `curves.csv` (every measurement), `gains.json` and prints a table of gains per arm and seed, their means and
+each PPO arm's mean gain over GRPO's. `--proxy-model DIR` reuses a proxy trained by an earlier run (DIR/proxy).
+"""
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+from trl_robust import overoptimization as oo
+from trl_robust import robust_ppo_config
+from trl_robust.gold_scorers import load_gold_scorer
+from trl_robust.modeling_brme import BRMERewardModel
+from trl_robust.overoptimization_config import OverOptimizationConfig
+from trl_robust.scoring import BRMEScorer
+from trl_robust.script_args import resolve_model
+
+# RobustPPOConfig fields of each PPO arm, on top of the harness's PPO block in `overoptimization.run_rl`
+# (num_ppo_epochs from the harness config, kl_coef, response_length, the learning rate).
+PPO_ARMS: dict[str, dict] = {
+    "ppo": {},  # the trainer's defaults: a critic from the policy with a random head, one answer per prompt
+    "ppo_zero_head": {"value_head_init": "zero", "num_ppo_epochs": 1},
+    "ppo_critic_free": {"use_critic": False, "num_ppo_epochs": 1},
+    # GRPO's variance reduction inside PPO: 4 answers per prompt, the prompt's mean score as baseline, no critic
+    "ppo_group": {
+        "use_critic": False,
+        "num_samples_per_prompt": 4,
+        "advantage_baseline": "prompt_mean",
+        "num_ppo_epochs": 1,
+    },
+    "ppo_group_critic": {
+        "value_head_init": "zero",
+        "num_samples_per_prompt": 4,
+        "advantage_baseline": "prompt_mean",
+        "num_ppo_epochs": 1,
+    },
+}
+
+
+def _run_ppo_arm(arm: str, *run_rl_args) -> list[dict]:
+    """`overoptimization.run_rl("ppo", ...)` with the arm's extra `RobustPPOConfig` fields. `run_rl` imports the config
+    class when it runs, so a wrapper put in its place gives every PPO run of this arm these fields, and nothing else
+    of the harness changes (its judge, prompts, proxy and other settings stay the ones GRPO gets)."""
+    config_class = robust_ppo_config.RobustPPOConfig
+
+    def arm_config(**fields) -> robust_ppo_config.RobustPPOConfig:
+        return config_class(**{**fields, **PPO_ARMS[arm]})  # the arm's fields win over the harness's
+
+    with mock.patch.object(robust_ppo_config, "RobustPPOConfig", arm_config):
+        rows = oo.run_rl("ppo", *run_rl_args)
+    return [{**row, "method": arm} for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=["grpo", "ppo", "ppo_group"], help=f"grpo, {', '.join(PPO_ARMS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--updates", type=int, default=8, help="optimiser updates per run")
+    parser.add_argument("--batch-size", type=int, default=8, help="episodes (answers) per update, both methods")
+    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--num-eval-prompts", type=int, default=16)
+    parser.add_argument("--num-proxy-pairs", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=3e-5, help="policy learning rate, both methods")
+    parser.add_argument("--response-length", type=int, default=16)
+    parser.add_argument("--proxy-model", default=None, help="a proxy BRME folder to reuse (else trained here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default="outputs/ppo_vs_grpo")
+    cli = parser.parse_args()
+    unknown = [arm for arm in cli.arms if arm != "grpo" and arm not in PPO_ARMS]
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; choose from grpo, {', '.join(PPO_ARMS)}")
+    torch.set_num_threads(cli.threads)
+
+    out = Path(cli.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = OverOptimizationConfig(
+        output_dir=str(out),
+        policy_model="smollm2-135m-instruct",
+        proxy_backbone="all-minilm-l6-v2",
+        gold="vader",
+        methods=["ppo", "grpo"],
+        settings=["nominal"],
+        seeds=cli.seeds,
+        num_proxy_pairs=cli.num_proxy_pairs,
+        num_proxy_eval_pairs=32,
+        response_length=cli.response_length,
+        num_eval_prompts=cli.num_eval_prompts,
+        rl_steps=cli.updates,
+        eval_every=cli.eval_every,
+        rl_batch_size=cli.batch_size,
+        num_generations=4,
+        rl_learning_rate=cli.learning_rate,
+        proxy_model=cli.proxy_model,
+    )
+    started = time.perf_counter()
+    gold = load_gold_scorer(config.gold)
+    policy_path = resolve_model(config.policy_model)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_prompts, eval_prompts, _ = oo.load_prompts(tokenizer, config.max_prompt_length)
+    eval_prompts = eval_prompts[: config.num_eval_prompts]
+    reference = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+    if cli.proxy_model is None:
+        set_seed(config.proxy_seed)
+        train_rows, eval_rows, _ = oo.gold_labelled_pairs(reference, tokenizer, train_prompts, gold, config)
+        print("proxy agreement with gold:", oo.train_proxy(train_rows, eval_rows, config, out), flush=True)
+        proxy_dir = out / "proxy"
+    else:
+        proxy_dir = Path(cli.proxy_model)
+    proxy = BRMEScorer(
+        BRMERewardModel.from_pretrained(proxy_dir), AutoTokenizer.from_pretrained(proxy_dir), batch_size=32
+    )
+    judge = oo.PolicyJudge(reference, tokenizer, eval_prompts, gold, proxy, config)
+    proxy_s = time.perf_counter() - started
+
+    rows, timings = [], {}
+    for seed in cli.seeds:  # seeds outside: a stopped run still has every arm on its first seeds
+        for arm in cli.arms:
+            run_started = time.perf_counter()
+            args = ("nominal", seed, config, policy_path, proxy_dir, train_prompts, judge, out)
+            rows += oo.run_rl("grpo", *args) if arm == "grpo" else _run_ppo_arm(arm, *args)
+            timings[f"{arm}-seed{seed}"] = round(time.perf_counter() - run_started, 1)
+            with (out / "curves.csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            print(f"[ppo_vs_grpo] {arm} seed {seed}: {timings[f'{arm}-seed{seed}']} s", flush=True)
+            report(rows, cli, out, timings, proxy_s)
+
+
+def report(rows: list[dict], cli: argparse.Namespace, out: Path, timings: dict, proxy_s: float) -> None:
+    """Gain of the held-out proxy (and gold) from the first to the last measurement, per arm and seed."""
+    gains: dict[str, dict[int, dict[str, float]]] = {}
+    for arm in dict.fromkeys(row["method"] for row in rows):
+        for seed in dict.fromkeys(row["seed"] for row in rows if row["method"] == arm):
+            run = sorted((r for r in rows if r["method"] == arm and r["seed"] == seed), key=lambda r: r["step"])
+            gains.setdefault(arm, {})[seed] = {
+                key: run[-1][key] - run[0][key] for key in ("proxy", "gold", "kl") if key in run[0]
+            } | {"proxy_curve": [round(r["proxy"], 4) for r in run]}
+    lines = [
+        "| arm | seeds | proxy gain per seed | mean proxy gain | mean gold gain | mean final KL |",
+        "|---" * 6 + "|",
+    ]
+    means = {}
+    for arm, per_seed in gains.items():
+        proxy_gains = [g["proxy"] for g in per_seed.values()]
+        means[arm] = sum(proxy_gains) / len(proxy_gains)
+        gold_gain = sum(g["gold"] for g in per_seed.values()) / len(per_seed)
+        kl = sum(g["kl"] for g in per_seed.values()) / len(per_seed)
+        per = ", ".join(f"{g:+.3f}" for g in proxy_gains)
+        lines.append(f"| {arm} | {list(per_seed)} | {per} | {means[arm]:+.3f} | {gold_gain:+.3f} | {kl:.3f} |")
+    if "grpo" in means and means["grpo"] > 0:
+        lines.append("")
+        lines += [
+            f"{arm}: {m / means['grpo']:.2f}x GRPO's mean proxy gain" for arm, m in means.items() if arm != "grpo"
+        ]
+    table = "\n".join(lines)
+    print(table, flush=True)
+    info = {
+        "gains": gains,
+        "command_line": vars(cli),
+        "timings_s": timings,
+        "proxy_s": round(proxy_s, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)",
+    }
+    (out / "gains.json").write_text(json.dumps(info, indent=2, default=str))
+    (out / "gains.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
