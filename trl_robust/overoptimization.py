@@ -44,7 +44,6 @@ from .gold_scorers import GoldScorer, load_gold_scorer
 from .modeling_brme import BRMERewardModel
 from .overoptimization_config import OverOptimizationConfig
 from .ppo_utils import position_ids_from_mask, token_logprobs
-from .robust_ppo_trainer import load_value_model
 from .scoring import BRMEScorer, BRMEScores
 from .script_args import resolve_model
 
@@ -411,7 +410,7 @@ def run_rl(
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
     from .robust_ppo_config import RobustPPOConfig
-    from .robust_ppo_trainer import RobustPPOTrainer
+    from .robust_ppo_trainer import RobustPPOTrainer, load_ppo_models
 
     aggregation = Aggregation.from_setting(setting)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
@@ -435,10 +434,8 @@ def run_rl(
         seed=seed,
         disable_tqdm=True,
     )
-    proxy_model = BRMERewardModel.from_pretrained(proxy_dir)
     set_seed(seed)
     if method == "ppo":
-        value_model, reward_processing_class = load_value_model(policy_path, str(proxy_dir), tokenizer, proxy_tokenizer)
         args = RobustPPOConfig(
             **common,
             local_rollout_forward_batch_size=config.rl_batch_size,
@@ -449,16 +446,7 @@ def run_rl(
             kl_coef=config.kl_coef,
             num_sample_generations=0,
         )
-        trainer = RobustPPOTrainer(
-            args=args,
-            processing_class=tokenizer,
-            model=AutoModelForCausalLM.from_pretrained(policy_path),
-            ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
-            reward_model=proxy_model,
-            train_dataset=prompts,
-            value_model=value_model,
-            reward_processing_class=reward_processing_class,
-        )
+        trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **load_ppo_models(policy_path, str(proxy_dir)))
 
         def policy() -> nn.Module:
             return trainer.accelerator.unwrap_model(trainer.model).policy
@@ -475,7 +463,7 @@ def run_rl(
         )
         trainer = RobustGRPOTrainer(
             model=policy_path,
-            reward_funcs=proxy_model,
+            reward_funcs=BRMERewardModel.from_pretrained(proxy_dir),
             args=args,
             train_dataset=prompts,
             processing_class=tokenizer,

@@ -5,7 +5,7 @@ from typing import Literal
 
 from trl.trainer.base_config import _BaseConfig
 
-from .config_utils import RobustRewardFields, check_reward_aggregation, resolve_bf16
+from .config_utils import RobustRewardFields
 
 
 @dataclass
@@ -177,15 +177,13 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     )
 
     def __post_init__(self):
-        self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
-        super().__post_init__()
+        super().__post_init__()  # RobustRewardFields: our bf16 default, the base checks, the aggregation's
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("RobustPPOConfig: set stop_token or stop_token_id, not both.")
         if self.stop_token not in (None, "eos"):
             raise ValueError(f"RobustPPOConfig.stop_token must be None or 'eos', got {self.stop_token!r}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"RobustPPOConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
-        check_reward_aggregation(self)  # aggregation name, robust_lambda, uwo_coef, kl_dro_beta (shared with GRPO/RLOO)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ValueError(f"RobustPPOConfig.missing_eos_penalty must be >= 0, got {self.missing_eos_penalty!r}.")
         if self.temperature <= 0:

@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 from datasets import Dataset
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -95,6 +97,30 @@ def load_value_model(
     path = value_path or (reward_path if same_tokenizer else policy_path)
     value_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **from_pretrained_kwargs)
     return value_model, None if same_tokenizer else reward_tokenizer
+
+
+def load_ppo_models(
+    policy_path: str, reward_path: str, value_path: str | None = None, **from_pretrained_kwargs: Any
+) -> dict[str, Any]:
+    """
+    Everything a PPO run loads from folders (or hub ids), as `RobustPPOTrainer` keyword arguments: `processing_class`
+    (the policy's tokenizer), `model` and `ref_model` (the policy, twice: the reference keeps its initial weights),
+    `reward_model`, and `value_model` with `reward_processing_class` from [`load_value_model`].
+    `from_pretrained_kwargs` (e.g. `trust_remote_code`) go to every load.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(policy_path, **from_pretrained_kwargs)
+    reward_tokenizer = AutoTokenizer.from_pretrained(reward_path, **from_pretrained_kwargs)
+    value_model, reward_processing_class = load_value_model(
+        policy_path, reward_path, tokenizer, reward_tokenizer, value_path, **from_pretrained_kwargs
+    )
+    return {
+        "processing_class": tokenizer,
+        "model": AutoModelForCausalLM.from_pretrained(policy_path, **from_pretrained_kwargs),
+        "ref_model": AutoModelForCausalLM.from_pretrained(policy_path, **from_pretrained_kwargs),
+        "reward_model": AutoModelForSequenceClassification.from_pretrained(reward_path, **from_pretrained_kwargs),
+        "value_model": value_model,
+        "reward_processing_class": reward_processing_class,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

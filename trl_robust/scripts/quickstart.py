@@ -235,20 +235,17 @@ def train_reward_model(args: argparse.Namespace, out: Path) -> tuple[str, dict]:
 
 
 def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from trl_robust import BRMERewardModel, HackingMonitor, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
+    from trl_robust import HackingMonitor, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
     from trl_robust.plotting import plot_log_history
-    from trl_robust.robust_ppo_trainer import load_value_model
+    from trl_robust.robust_ppo_trainer import load_ppo_models
 
     policy_path = model_path(args.policy)
     print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    value_model, reward_processing_class = load_value_model(
-        policy_path, brme_dir, tokenizer, AutoTokenizer.from_pretrained(brme_dir)
-    )
+    models = load_ppo_models(policy_path, brme_dir)
     config = RobustPPOConfig(
         output_dir=str(out / "ppo"),
         reward_aggregation="robust",
@@ -260,7 +257,7 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         # A value model started from the policy (the BRME reads another tokenizer) has a random head, whose noise made
         # val/explained_variance -40 to -5.7 at this scale; a zero head starts GAE from the returns (EV ~0, see
         # docs/benchmarks.md, "PPO against GRPO on a learned reward"). One from the reward model keeps its head.
-        value_head_init="keep" if reward_processing_class is None else "zero",
+        value_head_init="keep" if models["reward_processing_class"] is None else "zero",
         response_length=args.response_length,
         stop_token="eos",
         learning_rate=args.ppo_learning_rate,
@@ -272,29 +269,18 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         report_to="none",
         seed=args.seed,
     )
-    reward_model = BRMERewardModel.from_pretrained(brme_dir)
     # The hacking monitor's reference: the BRME's uncertainty on its own held-out answers (warns, never stops here).
     monitor = HackingMonitor.from_reward_model(
-        reward_model,
+        models["reward_model"],
         AutoTokenizer.from_pretrained(brme_dir),
         data["test"],
         window=4 * args.ppo_batch_size,
         action="warn",
     )
-    trainer = RobustPPOTrainer(
-        args=config,
-        processing_class=tokenizer,
-        model=AutoModelForCausalLM.from_pretrained(policy_path),
-        ref_model=AutoModelForCausalLM.from_pretrained(policy_path),
-        reward_model=reward_model,
-        train_dataset=prompts,
-        value_model=value_model,
-        reward_processing_class=reward_processing_class,
-        callbacks=[monitor],
-    )
+    trainer = RobustPPOTrainer(args=config, train_dataset=prompts, callbacks=[monitor], **models)
     trainer.train()
     trainer.save_model(str(out / "ppo_policy"))
-    tokenizer.save_pretrained(str(out / "ppo_policy"))
+    trainer.processing_class.save_pretrained(str(out / "ppo_policy"))
     remove_if_empty(out / "ppo")
     logs = [entry for entry in trainer.state.log_history if "robust/robust" in entry]
     print_table(

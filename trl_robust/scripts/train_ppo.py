@@ -7,11 +7,9 @@ Robust PPO: optimise a policy on a BRME's aggregated reward (or a plain reward m
 
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
 from trl_robust import RobustPPOConfig, RobustPPOTrainer
 from trl_robust.recipe_parser import RecipeParser
-from trl_robust.robust_ppo_trainer import load_value_model
+from trl_robust.robust_ppo_trainer import load_ppo_models
 from trl_robust.script_args import (
     PromptScriptArguments,
     check_paths,
@@ -41,22 +39,12 @@ class PPOScriptArguments(PromptScriptArguments):
 
 def load_models(script_args: PPOScriptArguments, training_args: RobustPPOConfig) -> dict:
     """Policy, reference, reward and value models and both tokenizers of a run."""
-    remote = {"trust_remote_code": script_args.trust_remote_code}
-    policy_path = resolve_model(script_args.model_name_or_path)
-    reward_path = resolve_model(training_args.reward_model_path)
-    tokenizer = AutoTokenizer.from_pretrained(policy_path, **remote)
-    reward_tokenizer = AutoTokenizer.from_pretrained(reward_path, **remote)
-    value_model, reward_processing_class = load_value_model(
-        policy_path, reward_path, tokenizer, reward_tokenizer, script_args.value_model_path, **remote
+    return load_ppo_models(
+        resolve_model(script_args.model_name_or_path),
+        resolve_model(training_args.reward_model_path),
+        script_args.value_model_path,
+        trust_remote_code=script_args.trust_remote_code,
     )
-    return {
-        "processing_class": tokenizer,
-        "model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
-        "ref_model": AutoModelForCausalLM.from_pretrained(policy_path, **remote),
-        "reward_model": AutoModelForSequenceClassification.from_pretrained(reward_path, **remote),
-        "value_model": value_model,
-        "reward_processing_class": reward_processing_class,
-    }
 
 
 def make_parser() -> RecipeParser:
