@@ -45,7 +45,7 @@ def test_preference_metrics_by_hand():
     assert m["auroc_margin_flags_errors"] == pytest.approx(1.0)
     assert m["ece"] == m["calibrated_ece"] and m["calibration_temperature"] == 1.0
     hot = preference_metrics(means_c, means_r, stds_c, stds_r, robust_lambda=0.5, temperature=3.0)
-    expected = torch.sigmoid((means_c - means_r) / torch.sqrt(9 + math.pi / 8 * var)).mean(-1)
+    expected = torch.sigmoid((means_c - means_r) / (3.0 * torch.sqrt(1 + math.pi / 8 * var))).mean(-1)
     assert hot["calibrated_ece"] == pytest.approx(expected_calibration_error(expected))
     assert hot["ece"] == m["ece"] and hot["calibration_temperature"] == 3.0
     skewed = stds_c.clone()
@@ -131,10 +131,19 @@ def test_fit_temperature_repairs_an_overconfident_model():
     assert temperature == pytest.approx(5.0, rel=0.15)
     assert after < 0.3 * before
     assert fit_temperature(overconfident, var) == temperature  # deterministic
-    # The temperature divides the sampled gap: the std shrinks by T too.
+    # The temperature divides the probit logit: sigmoid(2 / (0.5 * sqrt(1 + pi/8 * 4))) by hand.
     torch.testing.assert_close(
-        pair_probability(torch.tensor([2.0]), torch.tensor([4.0]), 2.0),
-        pair_probability(torch.tensor([1.0]), torch.tensor([1.0])),
+        pair_probability(torch.tensor([2.0]), torch.tensor([4.0]), 0.5),
+        torch.sigmoid(torch.tensor([2.0 / (0.5 * math.sqrt(1.0 + math.pi / 8 * 4.0))])),
+    )
+    # ... so it sharpens an underconfident BRME that large stds flatten (a temperature inside the expectation could
+    # not: sqrt(T^2 + pi/8 * var) never falls below sqrt(pi/8 * var))
+    flat_var = torch.full_like(gap, 2.0)
+    underconfident = 0.2 * gap * math.sqrt(1.0 + math.pi / 8 * 2.0)
+    t = fit_temperature(underconfident, flat_var)
+    assert t == pytest.approx(0.2, rel=0.15)
+    assert expected_calibration_error(pair_probability(underconfident, flat_var, t).mean(-1)) < 0.3 * (
+        expected_calibration_error(pair_probability(underconfident, flat_var).mean(-1))
     )
     with pytest.raises(ValueError, match="low"):
         fit_temperature(gap, var, low=2.0)

@@ -314,8 +314,9 @@ class BRMERewardTrainer(AtomicCheckpointMixin, RobustModelCardMixin, RewardTrain
     def calibrate(self, dataset=None) -> float:
         """
         Fit the temperature T of the ensemble's pair probability
-        `P(chosen > rejected) = (1/K) sum_k sigmoid(gap_k / sqrt(T^2 + pi/8 * var_k))` (= mean_k E[sigmoid(z_k / T)],
-        z_k ~ N(gap_k, var_k), gap_k = mu_k(chosen) - mu_k(rejected), var_k = sigma_k(chosen)^2 + sigma_k(rejected)^2)
+        `P(chosen > rejected) = (1/K) sum_k sigmoid(gap_k / (T * sqrt(1 + pi/8 * var_k)))` (`metrics.pair_probability`:
+        the logit of mean_k E[sigmoid(z_k)], z_k ~ N(gap_k, var_k), divided by T; gap_k = mu_k(chosen) -
+        mu_k(rejected), var_k = sigma_k(chosen)^2 + sigma_k(rejected)^2)
         by minimising its NLL on `dataset` (default: the eval split; any preference dataset the trainer accepts, which
         is tokenised and length-filtered as the eval split was), store it in
         `model.config.calibration_temperature` and log `eval_calibration_ece` (T = 1), `eval_calibrated_ece` and

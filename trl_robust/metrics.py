@@ -9,11 +9,13 @@ PROBIT_SCALE = math.pi / 8.0  # E[sigmoid(z)] ~ sigmoid(m / sqrt(1 + pi/8 * v)) 
 
 
 def pair_probability(diff: torch.Tensor, var: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """P(chosen > rejected) under each head: E[sigmoid(z / T)], z ~ N(diff, var), in closed (probit) form,
-    `sigmoid((diff / T) / sqrt(1 + pi/8 * var / T^2)) = sigmoid(diff / sqrt(T^2 + pi/8 * var))` (MacKay 1992): the
-    temperature T scales the sampled gap, so it divides the mean by T and the std by T alike. With `var = 0` and
-    `T = 1` it is the Bradley-Terry `sigmoid(diff)`."""
-    return torch.sigmoid(diff / torch.sqrt(temperature**2 + PROBIT_SCALE * var))
+    """P(chosen > rejected) under each head, `sigmoid(diff / (T * sqrt(1 + pi/8 * var)))`: E[sigmoid(z)] for
+    z ~ N(diff, var) in closed (probit) form (MacKay 1992), its logit divided by the temperature T (temperature
+    scaling, Guo et al. 2017). T < 1 sharpens, T > 1 softens; with `var = 0` and `T = 1` it is the Bradley-Terry
+    `sigmoid(diff)`. (T scales the final logit, not the sampled gap: a temperature inside the expectation,
+    `sigmoid(diff / sqrt(T^2 + pi/8 * var))`, cannot sharpen past the flattening of large predicted stds, and on
+    MiniLM BRMEs trained for one epoch it ran into its bound; see docs/results.md.)"""
+    return torch.sigmoid(diff / (temperature * torch.sqrt(1.0 + PROBIT_SCALE * var)))
 
 
 def pair_nll(diff: torch.Tensor, var: torch.Tensor, temperature: float = 1.0) -> float:
@@ -24,7 +26,7 @@ def pair_nll(diff: torch.Tensor, var: torch.Tensor, temperature: float = 1.0) ->
 
 
 def fit_temperature(
-    diff: torch.Tensor, var: torch.Tensor, low: float = 0.05, high: float = 20.0, grid: int = 41, iters: int = 40
+    diff: torch.Tensor, var: torch.Tensor, low: float = 0.01, high: float = 20.0, grid: int = 41, iters: int = 40
 ) -> float:
     """
     The temperature T in [`low`, `high`] that minimises [`pair_nll`] of N pairs (`diff`, `var`: `[N, K]`):
