@@ -1,4 +1,5 @@
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -7,7 +8,6 @@ from hypothesis import strategies as st
 
 from trl_robust import aggregation as rewards
 from trl_robust.aggregation import Aggregation
-from trl_robust.config_utils import RobustRewardFields
 
 finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
 positive = st.floats(0.125, 20.0, allow_nan=False, width=32)
@@ -139,15 +139,25 @@ def test_from_setting_parses_the_harness_settings():
     assert Aggregation.from_setting("kl_dro:0.5").kl_dro_beta == 0.5
 
 
+@dataclass
+class AggregationFields:
+    """The four aggregation fields of the robust RL configs (RobustRewardFields), without a TrainingArguments."""
+
+    reward_aggregation: str = "robust"
+    robust_lambda: float | None = None
+    uwo_coef: float = 1.0
+    kl_dro_beta: float = 1.0
+
+
 def test_from_config_takes_the_brmes_lambda_unless_one_is_given():
-    unset = RobustRewardFields(reward_aggregation="robust")
+    unset = AggregationFields(reward_aggregation="robust")
     assert unset.robust_lambda is None
     assert Aggregation.from_config(unset, brme_robust_lambda=0.7).robust_lambda == 0.7
     assert Aggregation.from_config(unset).robust_lambda == 0.4  # no BRME: the package default
-    explicit = RobustRewardFields(reward_aggregation="robust", robust_lambda=0.2)
+    explicit = AggregationFields(reward_aggregation="robust", robust_lambda=0.2)
     assert Aggregation.from_config(explicit, brme_robust_lambda=0.7).robust_lambda == 0.2
-    bad = RobustRewardFields(reward_aggregation="robust", kl_dro_beta=0.0)
-    with pytest.raises(ValueError, match=r"RobustRewardFields\.kl_dro_beta must be a finite number > 0"):
+    bad = AggregationFields(reward_aggregation="robust", kl_dro_beta=0.0)
+    with pytest.raises(ValueError, match=r"AggregationFields\.kl_dro_beta must be a finite number > 0"):
         Aggregation.from_config(bad)
 
 

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.robust_rl_helpers import prompt_dataset, rl_args  # noqa: E402
+from tests.scripts.tiny_setup import finish_distributed  # noqa: E402
 from trl_robust import RobustGRPOConfig, RobustGRPOTrainer, RobustRLOOConfig, RobustRLOOTrainer  # noqa: E402
 
 
@@ -68,3 +69,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    finish_distributed()

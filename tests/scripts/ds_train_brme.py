@@ -18,7 +18,7 @@ import os
 
 import torch
 from datasets import Dataset
-from tiny_setup import TOKENIZER_DIR, tiny_llama_config
+from tiny_setup import TOKENIZER_DIR, finish_distributed, tiny_llama_config
 from transformers import AutoTokenizer
 
 from trl_robust import BRMEConfig, BRMERewardConfig, BRMERewardModel, BRMERewardTrainer
@@ -129,3 +129,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    finish_distributed()

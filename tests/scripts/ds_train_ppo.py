@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tiny_setup import TOKENIZER_DIR, build_models
+from tiny_setup import TOKENIZER_DIR, build_models, finish_distributed
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_robust import RobustPPOConfig, RobustPPOTrainer
@@ -147,3 +147,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    finish_distributed()

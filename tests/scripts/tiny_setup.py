@@ -92,3 +92,14 @@ def dies_in_save(trainer_class: type, die_at: int | None) -> type:
             super()._save_rng_state(output_dir)
 
     return DiesInSave
+
+
+def finish_distributed() -> None:
+    """Leave the process group cleanly before the interpreter exits. Without it the communication threads are torn
+    down at exit, and under load a rank that finished its work could abort ("terminate called without an active
+    exception", exit -6), failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
