@@ -19,13 +19,11 @@ import json
 import platform
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from trl_robust import overoptimization as oo
-from trl_robust import robust_ppo_config
 from trl_robust.gold_scorers import load_gold_scorer
 from trl_robust.modeling_brme import BRMERewardModel
 from trl_robust.overoptimization_config import OverOptimizationConfig
@@ -55,16 +53,9 @@ PPO_ARMS: dict[str, dict] = {
 
 
 def _run_ppo_arm(arm: str, *run_rl_args) -> list[dict]:
-    """`overoptimization.run_rl("ppo", ...)` with the arm's extra `RobustPPOConfig` fields. `run_rl` imports the config
-    class when it runs, so a wrapper put in its place gives every PPO run of this arm these fields, and nothing else
-    of the harness changes (its judge, prompts, proxy and other settings stay the ones GRPO gets)."""
-    config_class = robust_ppo_config.RobustPPOConfig
-
-    def arm_config(**fields) -> robust_ppo_config.RobustPPOConfig:
-        return config_class(**{**fields, **PPO_ARMS[arm]})  # the arm's fields win over the harness's
-
-    with mock.patch.object(robust_ppo_config, "RobustPPOConfig", arm_config):
-        rows = oo.run_rl("ppo", *run_rl_args)
+    """`overoptimization.run_rl("ppo", ...)` with the arm's `RobustPPOConfig` fields over the harness's; nothing
+    else of the harness changes (its judge, prompts, proxy and other settings stay the ones GRPO gets)."""
+    rows = oo.run_rl("ppo", *run_rl_args, config_overrides=PPO_ARMS[arm])
     return [{**row, "method": arm} for row in rows]
 
 

@@ -405,8 +405,11 @@ def run_rl(
     train_prompts: list[str],
     judge: PolicyJudge,
     out: Path,
+    config_overrides: dict | None = None,
 ) -> list[dict]:
-    """One PPO or GRPO run against the proxy with `setting`'s aggregation; its measurements as curve rows."""
+    """One PPO or GRPO run against the proxy with `setting`'s aggregation; its measurements as curve rows.
+    `config_overrides` are fields of the method's config (RobustPPOConfig / RobustGRPOConfig) that win over the
+    harness's (e.g. a benchmark's PPO arm)."""
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
     from .robust_ppo_config import RobustPPOConfig
@@ -436,7 +439,7 @@ def run_rl(
     )
     set_seed(seed)
     if method == "ppo":
-        args = RobustPPOConfig(
+        fields = dict(
             **common,
             local_rollout_forward_batch_size=config.rl_batch_size,
             total_episodes=episodes,
@@ -445,14 +448,15 @@ def run_rl(
             stop_token="eos",
             kl_coef=config.kl_coef,
             num_sample_generations=0,
-        )
+        ) | dict(config_overrides or {})
+        args = RobustPPOConfig(**fields)
         trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **load_ppo_models(policy_path, str(proxy_dir)))
 
         def policy() -> nn.Module:
             return trainer.accelerator.unwrap_model(trainer.model).policy
 
     else:
-        args = RobustGRPOConfig(
+        fields = dict(
             **common,
             num_generations=config.num_generations,
             max_completion_length=config.response_length,
@@ -460,7 +464,8 @@ def run_rl(
             beta=config.kl_coef,
             top_k=0,
             top_p=1.0,
-        )
+        ) | dict(config_overrides or {})
+        args = RobustGRPOConfig(**fields)
         trainer = RobustGRPOTrainer(
             model=policy_path,
             reward_funcs=BRMERewardModel.from_pretrained(proxy_dir),
