@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--num-eval-prompts", type=int, default=16)
     parser.add_argument("--num-proxy-pairs", type=int, default=128)
+    parser.add_argument("--num-proxy-eval-pairs", type=int, default=32, help="held-out pairs for the proxy's agreement")
+    parser.add_argument("--setting", default="nominal", help="aggregation both optimise: nominal, mean, robust:0.4...")
     parser.add_argument("--learning-rate", type=float, default=3e-5, help="policy learning rate, both methods")
     parser.add_argument("--response-length", type=int, default=16)
     parser.add_argument("--proxy-model", default=None, help="a proxy BRME folder to reuse (else trained here)")
@@ -87,10 +89,10 @@ def main() -> None:
         proxy_backbone="all-minilm-l6-v2",
         gold="vader",
         methods=["ppo", "grpo"],
-        settings=["nominal"],
+        settings=[cli.setting],
         seeds=cli.seeds,
         num_proxy_pairs=cli.num_proxy_pairs,
-        num_proxy_eval_pairs=32,
+        num_proxy_eval_pairs=cli.num_proxy_eval_pairs,
         response_length=cli.response_length,
         num_eval_prompts=cli.num_eval_prompts,
         rl_steps=cli.updates,
@@ -126,7 +128,7 @@ def main() -> None:
     for seed in cli.seeds:  # seeds outside: a stopped run still has every arm on its first seeds
         for arm in cli.arms:
             run_started = time.perf_counter()
-            args = ("nominal", seed, config, policy_path, proxy_dir, train_prompts, judge, out)
+            args = (cli.setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
             rows += oo.run_rl("grpo", *args) if arm == "grpo" else _run_ppo_arm(arm, *args)
             timings[f"{arm}-seed{seed}"] = round(time.perf_counter() - run_started, 1)
             with (out / "curves.csv").open("w", newline="") as f:
