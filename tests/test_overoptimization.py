@@ -9,12 +9,15 @@ from transformers import LlamaForCausalLM
 
 from tests.robust_rl_helpers import save_policy, tiny_llama_config, train_great_brme
 from trl_robust import BRMERewardModel
+from trl_robust import overoptimization as oo
 from trl_robust.aggregation import Aggregation
 from trl_robust.gold_scorers import RewardModelGold, VaderGold, load_gold_scorer
 from trl_robust.overoptimization import (
     best_of_n_kl,
     best_of_n_rows,
     label_pairs,
+    per_run,
+    per_run_markdown,
     read_curves,
     run_overoptimization,
     sequence_logprobs,
@@ -114,6 +117,27 @@ def test_summary_peak_final_drop_and_kl_at_peak_over_seeds():
     assert "| ppo | nominal | 2 | 0.500 ± 0.141 |" in summary_markdown([entry])
 
 
+def test_per_run_table_peak_drop_and_first_alarm_against_the_peak():
+    def row(setting, seed, step, gold, alarm=math.nan):
+        return {"method": "grpo", "setting": setting, "seed": seed, "step": step, "gold": gold, "kl": step / 2,
+                "proxy": step / 10, "monitor_first_alarm": alarm}  # fmt: skip
+
+    # nominal: gold peaks at update 10 and falls to 0.1; the monitor alarmed at update 5 (the last row holds it)
+    rows = [row("nominal", 0, 0, 0.1), row("nominal", 0, 10, 0.5), row("nominal", 0, 20, 0.1, alarm=5.0)]
+    # robust: still rising, no alarm; best-of-n rows are not runs
+    rows += [row("robust:0.4", 0, 0, 0.1), row("robust:0.4", 0, 20, 0.4), {**row("x", 0, 4, 9.0), "method": "bon"}]
+    nominal, robust = per_run(rows)
+    assert (nominal["peak_gold"], nominal["peak_step"], nominal["final_gold"]) == (0.5, 10, 0.1)
+    assert nominal["drop_from_peak"] == pytest.approx(0.4) and nominal["drop_fraction"] == pytest.approx(0.8)
+    assert nominal["kl_at_peak"] == 5.0 and nominal["first_alarm"] == 5.0 and nominal["alarm_by_peak"] is True
+    assert robust["drop_from_peak"] == 0.0 and math.isnan(robust["first_alarm"]) and robust["alarm_by_peak"] is None
+    late = per_run([row("nominal", 1, 0, 0.1), row("nominal", 1, 10, 0.5), row("nominal", 1, 20, 0.2, alarm=15.0)])
+    assert late[0]["alarm_by_peak"] is False
+    markdown = per_run_markdown([nominal, robust])
+    assert "| grpo | nominal | 0 | 0.100 | 0.500 (10) | 0.100 | 0.400 (80%) | 5.00 | 2.000 | 5 |" in markdown
+    assert markdown.splitlines()[-1].endswith("| - |")
+
+
 def test_sequence_logprobs_is_the_sum_of_masked_token_logprobs(smol_tokenizer):
     from trl_robust.overoptimization import Answers
 
@@ -191,8 +215,16 @@ def test_python_function_gold_by_dotted_name(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_thread):
+def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_thread, monkeypatch):
     policy_dir = save_policy(tmp_path / "policy", smol_tokenizer)
+    fitted, real_reference = {}, oo.monitor_reference
+
+    def every_sample_out(reference, tokenizer, prompts, proxy, config):
+        # the real reference (checked below), then one no sample can be inside: the monitor must see every batch
+        fitted["epistemic"], fitted["gap"] = real_reference(reference, tokenizer, prompts, proxy, config)
+        return torch.full((4,), -1.0), torch.full((4,), -1e9)
+
+    monkeypatch.setattr(oo, "monitor_reference", every_sample_out)
     config = OverOptimizationConfig(
         output_dir=str(tmp_path / "out"),
         policy_model=str(policy_dir),
@@ -216,8 +248,12 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
         num_ppo_epochs=1,
         rl_learning_rate=1e-3,
         bon_pool_size=4,
+        monitor_window=4,
     )
     result = run_overoptimization(config, gold=vowel_share)
+    # the reference: the proxy's uncertainty on one answer of the initial policy per training prompt
+    assert fitted["epistemic"].shape == fitted["gap"].shape and fitted["epistemic"].numel() > 1
+    assert (fitted["epistemic"] >= 0).all() and (fitted["gap"] >= 0).all()
     out = tmp_path / "out"
     with (out / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -231,6 +267,19 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
     assert max(abs(k) for k in ppo_kl[1:]) > 0  # and training moved it
     assert len(result["summary"]) == 6
     assert (out / "summary.md").read_text().count("\n") == 2 + 6
+    # The monitor watched every RL run: all its samples out of the reference, a full window (4 episodes) after
+    # update 1, so with patience 2 the alarm comes at update 2; best-of-n rows have no monitor.
+    for r in rows:
+        if r["method"] == "bon":
+            assert r["monitor_frac_out"] == r["monitor_first_alarm"] == ""
+        else:
+            assert float(r["monitor_frac_out"]) == (0.0 if r["step"] == "0" else 1.0)
+    assert {r["method"]: r["first_alarm"] for r in csv.DictReader((out / "runs.csv").open())} == {
+        "ppo": "2.0",
+        "grpo": "2.0",
+    }
+    assert (out / "runs.md").read_text().count("\n") == 2 + 4
+    assert (out / "gold_by_update.png").stat().st_size > 10_000
     assert (out / "gold_vs_sqrt_kl.png").stat().st_size > 10_000
     assert (out / "proxy" / "model.safetensors").exists()
     samples = [json.loads(line) for line in (out / "samples" / "ppo-robust0.4-seed0.jsonl").read_text().splitlines()]

@@ -146,11 +146,16 @@ class HackingMonitor(TrainerCallback):
             raise ValueError("HackingMonitor needs a BRME (several members with stds); got a plain reward model.")
         return cls(epistemic_uncertainty(means).cpu(), nominal_minus_worst(means, stds).cpu(), **kwargs)
 
+    def window_fraction(self, name: str = "epistemic") -> float:
+        """The fraction of the window's samples above the reference quantile of `name` (0 before any sample)."""
+        recent = self._recent[name]
+        return sum(recent) / len(recent) if recent else 0.0
+
     def _track(self, name: str, values: torch.Tensor) -> float:
         """Add a batch's out-of-reference flags to the window; the fraction of the window that is out."""
         threshold, _ = self.reference[name]
         self._recent[name].extend((values > threshold).tolist())
-        return sum(self._recent[name]) / len(self._recent[name])
+        return self.window_fraction(name)
 
     def observe(self, means: torch.Tensor, stds: torch.Tensor, step: int) -> dict[str, float]:
         """Take one update's scored samples (`means`, `stds` `[N, K]`, gathered over processes) and return the

@@ -41,7 +41,8 @@ from .brme_reward_config import BRMERewardConfig
 from .brme_reward_trainer import BRMERewardTrainer
 from .data import load_hh_rlhf_harmless
 from .gold_scorers import GoldScorer, load_gold_scorer
-from .modeling_brme import BRMERewardModel
+from .modeling_brme import BRMERewardModel, epistemic_uncertainty
+from .monitor import HackingMonitor, nominal_minus_worst
 from .overoptimization_config import OverOptimizationConfig
 from .ppo_utils import position_ids_from_mask, token_logprobs
 from .scoring import BRMEScorer, BRMEScores
@@ -60,7 +61,12 @@ CURVE_FIELDS = [
     "proxy_worst",
     "proxy_mean",
     "proxy_std",
+    "proxy_epistemic",
+    "monitor_frac_out",
+    "monitor_first_alarm",
 ]
+# Answers of the initial policy the HackingMonitor's reference quantiles are fitted on (RL training prompts).
+MONITOR_REFERENCE_ANSWERS = 128
 
 
 @dataclass
@@ -328,6 +334,7 @@ def proxy_terms(scores, setting: str) -> dict[str, float]:
         "proxy_worst": agg.worst(means).mean().item(),
         "proxy_mean": agg.mean(means).mean().item(),
         "proxy_std": stds.mean().item(),
+        "proxy_epistemic": epistemic_uncertainty(means).mean().item(),
     }
 
 
@@ -384,6 +391,23 @@ def best_of_n_rows(
     return rows
 
 
+def monitor_reference(
+    reference: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    proxy: BRMEScorer,
+    config: OverOptimizationConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proxy's epistemic uncertainty and nominal-minus-worst gap on fresh answers of the initial policy to
+    `prompts`: the region the proxy knows (it learned from that policy's answers), which `HackingMonitor` fits its
+    reference quantiles on. Sampled under a fixed seed in `fork_rng`, so it leaves the runs' random streams alone."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(config.proxy_seed + 20_000)
+        texts = [text for a in sample_in_batches(reference, tokenizer, prompts, config) for text in a.texts]
+    scores = proxy.score(prompts, texts)
+    return epistemic_uncertainty(scores.means).cpu(), nominal_minus_worst(scores.means, scores.stds).cpu()
+
+
 class _MeasureEvery(TrainerCallback):
     """Measure the policy every `every` optimiser updates and after the last one."""
 
@@ -406,10 +430,13 @@ def run_rl(
     judge: PolicyJudge,
     out: Path,
     config_overrides: dict | None = None,
+    monitor_reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict]:
     """One PPO or GRPO run against the proxy with `setting`'s aggregation; its measurements as curve rows.
     `config_overrides` are fields of the method's config (RobustPPOConfig / RobustGRPOConfig) that win over the
-    harness's (e.g. a benchmark's PPO arm)."""
+    harness's (e.g. a benchmark's PPO arm). With `monitor_reference` (epistemic, gap; see `monitor_reference()`), a
+    `HackingMonitor` (`config.monitor_window` samples) watches the run, and each row records the fraction of its
+    window out of the reference and the update of its first alarm (NaN before it)."""
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
     from .robust_ppo_config import RobustPPOConfig
@@ -479,13 +506,25 @@ def run_rl(
             return trainer.accelerator.unwrap_model(trainer.model)
 
     rows = []
+    monitor = None
+    if monitor_reference is not None:
+        monitor = HackingMonitor(*monitor_reference, window=config.monitor_window)
+        trainer.add_callback(monitor)
+
+    def monitor_state() -> dict[str, float]:
+        if monitor is None:
+            return {}
+        return {
+            "monitor_frac_out": monitor.window_fraction("epistemic"),
+            "monitor_first_alarm": math.nan if monitor.first_alarm_step is None else float(monitor.first_alarm_step),
+        }
 
     samples = out / "samples" / f"{run_dir.name}.jsonl"
     samples.parent.mkdir(parents=True, exist_ok=True)
     samples.unlink(missing_ok=True)
 
     def measure(step: int) -> None:
-        rows.append(curve_row(method, setting, seed, step, judge(policy(), setting, seed)))
+        rows.append(curve_row(method, setting, seed, step, judge(policy(), setting, seed) | monitor_state()))
         with samples.open("a") as f:  # what the policy says, next to what gold and the proxy made of it
             f.writelines(json.dumps({"step": step, **answer}) + "\n" for answer in judge.last_answers)
 
@@ -531,6 +570,57 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
+
+
+def per_run(rows: list[dict]) -> list[dict]:
+    """One row per RL run (method, setting, seed): its gold peak and the update it came at, final gold, drop from the
+    peak (absolute, and as a fraction of the peak's size), KL at the peak, and the update of the `HackingMonitor`'s
+    first alarm (NaN if none) and whether it came no later than the peak (None without a monitor or an alarm)."""
+    runs: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["method"] != "bon":
+            runs.setdefault((row["method"], row["setting"], row["seed"]), []).append(row)
+    table = []
+    for (method, setting, seed), curve in runs.items():
+        curve = sorted(curve, key=lambda r: r["step"])
+        peak, final = max(curve, key=lambda r: r["gold"]), curve[-1]
+        alarm = final.get("monitor_first_alarm", math.nan)
+        alarm = math.nan if alarm in ("", None) else float(alarm)
+        table.append(
+            {
+                "method": method,
+                "setting": setting,
+                "seed": seed,
+                "start_gold": curve[0]["gold"],
+                "peak_gold": peak["gold"],
+                "peak_step": peak["step"],
+                "final_gold": final["gold"],
+                "drop_from_peak": peak["gold"] - final["gold"],
+                "drop_fraction": (peak["gold"] - final["gold"]) / max(abs(peak["gold"]), 1e-12),
+                "kl_at_peak": peak["kl"],
+                "final_kl": final["kl"],
+                "final_proxy": final["proxy"],
+                "first_alarm": alarm,
+                "alarm_by_peak": None if math.isnan(alarm) else alarm <= peak["step"],
+            }
+        )
+    return table
+
+
+def per_run_markdown(table: list[dict]) -> str:
+    lines = [
+        "| method | setting | seed | gold start | peak gold (update) | final gold | drop from peak | KL at peak "
+        "| final proxy | first alarm |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        alarm = "-" if math.isnan(r["first_alarm"]) else f"{r['first_alarm']:.0f}"
+        lines.append(
+            f"| {r['method']} | {r['setting']} | {r['seed']} | {r['start_gold']:.3f} | {r['peak_gold']:.3f} "
+            f"({r['peak_step']}) | {r['final_gold']:.3f} | {r['drop_from_peak']:.3f} ({100 * r['drop_fraction']:.0f}%) "
+            f"| {r['kl_at_peak']:.2f} | {r['final_proxy']:.3f} | {alarm} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(summary: list[dict]) -> str:
@@ -594,14 +684,56 @@ def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+def plot_runs(table_rows: list[dict], rows: list[dict], path: Path, title: str) -> Path:
+    """Gold reward against the update, one panel per RL method, one line per (setting, seed), each run's first
+    `HackingMonitor` alarm as a dotted vertical line in its colour: does the warning come before gold turns down?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in table_rows))
+    settings = list(dict.fromkeys(r["setting"] for r in table_rows))
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for run in (r for r in table_rows if r["method"] == method):
+            colour = colours(settings.index(run["setting"]) % 10)
+            curve = sorted(
+                (r for r in rows if (r["method"], r["setting"], r["seed"]) == (method, run["setting"], run["seed"])),
+                key=lambda r: r["step"],
+            )
+            label = f"{run['setting']} (seed {run['seed']})"
+            ax.plot([r["step"] for r in curve], [r["gold"] for r in curve], marker="o", ms=3, color=colour, label=label)
+            if not math.isnan(run["first_alarm"]):
+                ax.axvline(run["first_alarm"], color=colour, linestyle=":", alpha=0.8)
+        ax.set_title(f"{method.upper()}: gold reward (dotted: monitor's first alarm)")
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(rows: list[dict], out: Path, title: str) -> tuple[list[dict], str, Path]:
-    """`curves.csv`, `summary.csv`, `summary.md` and `gold_vs_sqrt_kl.png` of some curve rows, in `out`."""
+    """`curves.csv`, `summary.csv`, `summary.md` and `gold_vs_sqrt_kl.png` of some curve rows, in `out`; with RL runs
+    among them also `runs.csv`, `runs.md` (one row per run: peak, drop, first alarm) and `gold_by_update.png`."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "curves.csv", CURVE_FIELDS)
     summary = summarize(rows)
     write_csv(summary, out / "summary.csv", list(summary[0]))
     table = summary_markdown(summary)
     (out / "summary.md").write_text(table)
+    runs = per_run(rows)
+    if runs:
+        write_csv(runs, out / "runs.csv", list(runs[0]))
+        table += "\nPer run:\n\n" + per_run_markdown(runs)
+        (out / "runs.md").write_text(per_run_markdown(runs))
+        plot_runs(runs, rows, out / "gold_by_update.png", title)
     return summary, table, plot_curves(rows, out / "gold_vs_sqrt_kl.png", title)
 
 
@@ -611,7 +743,10 @@ def read_curves(*paths: str | Path) -> list[dict]:
     for path in paths:
         with Path(path).open(newline="") as f:
             for row in csv.DictReader(f):
-                rows.append({k: v if k in ("method", "setting") else float(v) for k, v in row.items()})
+                # a field some rows lack (best-of-n has no monitor) is written empty: read it as NaN
+                rows.append(
+                    {k: v if k in ("method", "setting") else float(v) if v != "" else math.nan for k, v in row.items()}
+                )
                 rows[-1]["seed"], rows[-1]["step"] = int(rows[-1]["seed"]), int(rows[-1]["step"])
     return rows
 
@@ -686,11 +821,19 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
         timings["best_of_n_s"] = time.perf_counter() - started - timings["proxy_s"]
 
     runs = [(m, s, seed) for m in config.methods if m != "bon" for s in config.settings for seed in config.seeds]
+    reference_scores = None
     if runs:
         print(f"[trl-robust] 3/3 {len(runs)} RL runs of {config.rl_steps} updates")
+        if config.monitor_window:
+            reference_scores = monitor_reference(
+                reference, tokenizer, train_prompts[:MONITOR_REFERENCE_ANSWERS], proxy, config
+            )
     for method, setting, seed in tqdm(runs, desc="RL runs", unit="run"):
         run_started = time.perf_counter()
-        rows += run_rl(method, setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
+        rows += run_rl(
+            method, setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out,
+            monitor_reference=reference_scores,
+        )  # fmt: skip
         timings[f"{method}-{setting}-seed{seed}_s"] = time.perf_counter() - run_started
         write_report(rows, out, f"Over-optimisation: gold = {config.gold}, proxy = BRME")  # a stopped sweep keeps it
 

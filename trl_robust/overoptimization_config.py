@@ -114,6 +114,16 @@ class OverOptimizationConfig:
         default=16, metadata={"help": "Best-of-n: answers sampled once per evaluation prompt; n runs over powers of 2."}
     )
 
+    # Early warning
+    monitor_window: int = field(
+        default=32,
+        metadata={
+            "help": "RL runs: samples in the window of the HackingMonitor that watches each run (its reference "
+            "quantiles fitted on the proxy's scores of 128 answers of the initial policy); curves.csv and runs.md "
+            "record its first alarm beside the gold peak. 0 turns the monitor off."
+        },
+    )
+
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -132,5 +142,7 @@ class OverOptimizationConfig:
                 f"OverOptimizationConfig.rl_batch_size ({self.rl_batch_size}) must be a multiple of "
                 f"num_generations ({self.num_generations})."
             )
+        if self.monitor_window < 0:
+            raise ValueError(f"OverOptimizationConfig.monitor_window must be >= 0, got {self.monitor_window!r}.")
         if not self.seeds:
             raise ValueError("OverOptimizationConfig.seeds is empty; give at least one seed.")
