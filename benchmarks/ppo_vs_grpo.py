@@ -36,6 +36,10 @@ PPO_ARMS: dict[str, dict] = {
     "ppo": {},  # the trainer's defaults: a critic from the policy with a random head, one answer per prompt
     "ppo_zero_head": {"value_head_init": "zero", "num_ppo_epochs": 1},
     "ppo_critic_free": {"use_critic": False, "num_ppo_epochs": 1},
+    # the zero-head critic with scores normalised on 4 batches of the initial policy's answers (Huang et al.'s detail)
+    "ppo_zero_head_norm": {"value_head_init": "zero", "num_ppo_epochs": 1, "reward_normalization_batches": 4},
+    # the zero-head critic with a learning rate of its own, 10x the policy's default 3e-5
+    "ppo_zero_head_vlr": {"value_head_init": "zero", "num_ppo_epochs": 1, "value_learning_rate": 3e-4},
     # GRPO's variance reduction inside PPO: 4 answers per prompt, the prompt's mean score as baseline, no critic
     "ppo_group": {
         "use_critic": False,

@@ -825,3 +825,52 @@ def test_zero_value_head_of_a_brme_value_model_zeroes_its_means_only(smol_tokeni
     zero_value_head(brme)
     assert not token_values(brme, ids, torch.ones_like(ids)).any()
     assert brme.score.bias[3:].tolist() == pytest.approx(RAW_STDS)  # the std rows are left as they were
+
+
+def test_reward_normalization_uses_the_initial_policys_score_statistics_and_resumes_with_them(tmp_path, smol_tokenizer):
+    def build(name, **overrides):
+        return build_trainer(
+            tmp_path,
+            smol_tokenizer,
+            output_dir=str(tmp_path / name),
+            **{"total_episodes": 16, "reward_normalization_batches": 2, "save_strategy": "steps", "save_steps": 1}
+            | overrides,
+        )
+
+    trainer = build("stats")
+    scored, score = [], trainer.score
+
+    def recording_score(*args):
+        out = score(*args)
+        scored.append(out["scores"])
+        return out
+
+    trainer.score = recording_score
+    torch.manual_seed(0)
+    mean, std = trainer._reward_statistics(2)
+    raw = torch.cat(scored)
+    assert raw.numel() == 2 * 8 and raw.std() > 0  # two batches of 8 answers, scores that vary
+    assert (mean, std) == pytest.approx((raw.mean().item(), raw.std().item()), rel=1e-6)
+
+    full = build("full")
+    full.train()
+    assert full.reward_normalization is not None
+    shift, scale = full.reward_normalization
+    logs = [log for log in full.state.log_history if "objective/scores" in log]
+    for log in logs:  # scores are the raw ones shifted and scaled (no EOS penalty here), so their batch means too
+        assert log["objective/scores"] == pytest.approx((log["objective/raw_scores"] - shift) / scale, abs=1e-5)
+    assert scale != pytest.approx(1.0) and logs[0]["objective/scores"] != pytest.approx(logs[0]["objective/raw_scores"])
+
+    resumed = build("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-1"))
+    assert resumed.reward_normalization == pytest.approx(full.reward_normalization)  # read back, not re-sampled
+    last = [log for log in resumed.state.log_history if "objective/scores" in log][-1]
+    assert last["objective/scores"] == pytest.approx(logs[-1]["objective/scores"], abs=1e-6)
+
+    # a checkpoint of a run without normalisation cannot be resumed with it: its scores' scale is unknown
+    plain = build("plain", reward_normalization_batches=0)
+    plain.train()
+    with pytest.raises(ValueError, match="reward_normalization.json"):
+        build("mixed").train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-1"))
+    with pytest.raises(ValueError, match="reward_normalization_batches must be >= 0"):
+        _args(tmp_path, reward_normalization_batches=-1)

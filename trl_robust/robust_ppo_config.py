@@ -168,6 +168,16 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             "choices": ["none", "prompt_mean", "prompt_loo"],
         },
     )
+    reward_normalization_batches: int = field(
+        default=0,
+        metadata={
+            "help": "Before the first update, sample this many batches of answers from the initial policy and score "
+            "them; every later score is then (score - their mean) / their std, so the rewards of the initial policy "
+            "have mean 0 and std 1 (Ziegler et al. 2019; Huang et al. 2024's detail). 0: scores as the reward model "
+            "gives them. The statistics are saved with checkpoints; objective/scores logs the normalised scores, "
+            "objective/raw_scores the reward model's."
+        },
+    )
     ds3_gather_for_generation: bool = field(
         default=True,
         metadata={
@@ -190,6 +200,10 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             raise ValueError(f"RobustPPOConfig.temperature must be > 0, got {self.temperature!r}.")
         if self.value_head_init not in ("keep", "zero"):
             raise ValueError(f"RobustPPOConfig.value_head_init must be 'keep' or 'zero', got {self.value_head_init!r}.")
+        if self.reward_normalization_batches < 0:
+            raise ValueError(
+                f"RobustPPOConfig.reward_normalization_batches must be >= 0, got {self.reward_normalization_batches!r}."
+            )
         if self.advantage_baseline not in ("none", "prompt_mean", "prompt_loo"):
             raise ValueError(
                 "RobustPPOConfig.advantage_baseline must be 'none', 'prompt_mean' or 'prompt_loo', got "

@@ -9,6 +9,7 @@ metrics, the training loop, and saving / resuming.
 import copy
 import functools
 import inspect
+import json
 import math
 import os
 import textwrap
@@ -76,6 +77,7 @@ if is_peft_available():
 
 logger = logging.get_logger(__name__)
 
+_REWARD_NORMALIZATION = "reward_normalization.json"  # (mean, std) of reward_normalization_batches, for resuming
 _STATE = "policy_and_value.pt"  # full policy + value weights in non-DeepSpeed checkpoints, for resuming
 
 
@@ -380,6 +382,8 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         self.user_collator = data_collator
         self._derive_batch_sizes(len(train_dataset))  # after Trainer's init: needs the accelerator's process count
         self._build_optimizer_and_place_models()
+        # (mean, std) of the initial policy's scores, set by `train` when args.reward_normalization_batches > 0
+        self.reward_normalization: tuple[float, float] | None = None
 
     # ---------------------------------------------------------------------------------------------------------------
     # Construction steps, in the order `__init__` runs them
@@ -720,17 +724,48 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         return {"scores": logits[:, 0].float()}
 
     @torch.no_grad()
+    def _sample(self, queries: torch.Tensor, query_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Answers to a batch of prompts, cut after the stop token: `responses`, `lengths`, `has_stop` (whether the
+        answer holds the penalised stop token), `response_mask`, and the prompt-plus-answer `input_ids` and
+        `attention_mask`."""
+        raw_responses = self._generate(queries, query_mask, self.args.temperature)
+        responses, lengths, has_stop = truncate_after_stop(raw_responses, self.stop_token_id, self.filler_id)
+        response_mask = lengths_to_mask(lengths, responses.shape[1])
+        if self.penalised_stop_id != self.stop_token_id:
+            has_stop = (response_mask & (responses == self.penalised_stop_id)).any(1)
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+        return responses, lengths, has_stop, response_mask, input_ids, attention_mask
+
+    @torch.no_grad()
+    def _reward_statistics(self, num_batches: int) -> tuple[float, float]:
+        """Mean and std over every process of the scores of `num_batches` batches of answers of the current (initial)
+        policy to the first updates' prompts: the shift and scale of `reward_normalization_batches`."""
+        chunk = self.args.local_rollout_forward_batch_size
+        scores = []
+        self.model.eval()
+        with root_unsharded(self.model_wrapped):
+            for update in range(num_batches):
+                queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
+                *_, input_ids, attention_mask = self._sample(queries, query_mask)
+                for i in range(0, input_ids.shape[0], chunk):
+                    with self.accelerator.autocast():
+                        scored = self.score(input_ids[i : i + chunk], attention_mask[i : i + chunk], queries.shape[1])
+                    scores.append(scored["scores"])
+        scores = self.accelerator.gather(torch.cat(scores)).float()
+        check_finite_scores(scores, "RobustPPOTrainer, reward normalisation samples")
+        if scores.numel() < 2:
+            raise ValueError(
+                f"RobustPPOConfig.reward_normalization_batches={num_batches} gives {scores.numel()} answer; a std "
+                "needs at least 2: raise it or the batch size."
+            )
+        return scores.mean().item(), scores.std().clamp_min(1e-6).item()
+
     def _rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, Any]:
         """Generate, truncate, score, and compute the per-token rewards, advantages and returns of one batch."""
         args = self.args
         context_length = queries.shape[1]
-        raw_responses = self._generate(queries, query_mask, args.temperature)
-        responses, lengths, has_stop = truncate_after_stop(raw_responses, self.stop_token_id, self.filler_id)
-        if self.penalised_stop_id != self.stop_token_id:
-            has_stop = (lengths_to_mask(lengths, responses.shape[1]) & (responses == self.penalised_stop_id)).any(1)
-        response_mask = lengths_to_mask(lengths, responses.shape[1])
-        input_ids = torch.cat([queries, responses], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+        responses, lengths, has_stop, response_mask, input_ids, attention_mask = self._sample(queries, query_mask)
 
         logprobs, values, first_epoch_forward = self._old_logprobs_and_values(
             input_ids, attention_mask, responses, context_length
@@ -756,7 +791,11 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             torch.cat(stds) if stds else None,
         )
 
-        scores = apply_missing_stop_penalty(raw_scores, has_stop, args.missing_eos_penalty)
+        scores = raw_scores
+        if self.reward_normalization is not None:  # (score - mean) / std of the initial policy's scores
+            shift, scale = self.reward_normalization
+            scores = (raw_scores - shift) / scale
+        scores = apply_missing_stop_penalty(scores, has_stop, args.missing_eos_penalty)
         kl = kl_penalty(logprobs, ref_logprobs, args.kl_estimator) * response_mask
         # The per-prompt baseline comes off the score only: the KL part of the reward is each answer's own.
         baseline = group_baseline(scores, self.batch_sizes.num_samples_per_prompt, args.advantage_baseline)
@@ -784,6 +823,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "kl": kl,
             "non_score_rewards": non_score_rewards,
             "scores": scores,
+            "raw_scores": raw_scores,
             "has_stop": has_stop,
             "context_length": torch.tensor(context_length),
             "first_epoch_forward": first_epoch_forward,  # see `_old_logprobs_and_values`
@@ -928,6 +968,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "objective/non_score_reward": mean(non_score),
             "objective/rlhf_reward": mean(non_score + scores),
             "objective/scores": mean(scores),
+            **({"objective/raw_scores": mean(batch["raw_scores"])} if self.reward_normalization else {}),
             "policy/approxkl_avg": mean(stats["approxkl"]),
             "policy/clipfrac_avg": mean(stats["pg_clipfrac"]),
             "loss/policy_avg": mean(stats["pg_loss"]),
@@ -993,6 +1034,11 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         self.state.episode = 0
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint)
+        if args.reward_normalization_batches and self.reward_normalization is None:  # a resumed run has its own
+            self.reward_normalization = self._reward_statistics(args.reward_normalization_batches)
+            logger.info(
+                "Reward normalisation: the initial policy's scores have mean %.4g, std %.4g", *self.reward_normalization
+            )
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         self._start_time, self._session_episodes = time.time(), 0
 
@@ -1111,6 +1157,9 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             if not self.is_deepspeed_enabled and self.args.should_save:
                 state_dict = self.accelerator.unwrap_model(self.model_wrapped).state_dict()
                 torch.save(state_dict, os.path.join(checkpoint, _STATE))
+            if self.reward_normalization is not None and self.args.should_save:
+                with open(os.path.join(checkpoint, _REWARD_NORMALIZATION), "w") as f:
+                    json.dump(dict(zip(("mean", "std"), self.reward_normalization, strict=True)), f)
 
     def _resume(self, checkpoint: str | bool) -> None:
         """Restore weights, optimizer, scheduler, RNG and step counters from a checkpoint of this trainer."""
@@ -1135,6 +1184,16 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             self.accelerator.unwrap_model(self.model_wrapped).load_state_dict(state_dict)
         self._load_optimizer_and_scheduler(checkpoint)
         self._load_rng_state(checkpoint)
+        if self.args.reward_normalization_batches:
+            path = os.path.join(checkpoint, _REWARD_NORMALIZATION)
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"{checkpoint!r} has no {_REWARD_NORMALIZATION}: it was written by a run without "
+                    "reward_normalization_batches, so its scores' scale is unknown; resume with the run's settings."
+                )
+            with open(path) as f:
+                saved_normalization = json.load(f)
+            self.reward_normalization = (saved_normalization["mean"], saved_normalization["std"])
         saved = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         num_updates = self.batch_sizes.num_total_batches
         if saved.global_step > num_updates:
