@@ -638,10 +638,7 @@ def summary_markdown(summary: list[dict]) -> str:
 def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
     """Gold (top) and proxy (bottom) reward against sqrt(KL), one column per method, one line per setting (means over
     seeds at each step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import plt, save_figure  # matplotlib only when a plot is made
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -667,12 +664,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
             ax.set_xlabel("sqrt(KL to the initial policy)")
             ax.grid(alpha=0.3)
         axes[0][column].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
@@ -687,10 +679,7 @@ def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
 def plot_runs(table_rows: list[dict], rows: list[dict], path: Path, title: str) -> Path:
     """Gold reward against the update, one panel per RL method, one line per (setting, seed), each run's first
     `HackingMonitor` alarm as a dotted vertical line in its colour: does the warning come before gold turns down?"""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import plt, save_figure  # matplotlib only when a plot is made
 
     methods = list(dict.fromkeys(r["method"] for r in table_rows))
     settings = list(dict.fromkeys(r["setting"] for r in table_rows))
@@ -711,12 +700,7 @@ def plot_runs(table_rows: list[dict], rows: list[dict], path: Path, title: str) 
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def write_report(rows: list[dict], out: Path, title: str) -> tuple[list[dict], str, Path]:

@@ -8,6 +8,18 @@ matplotlib.use("Agg")  # files only; works with no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: str | Path, title: str | None = None) -> Path:
+    """Title `fig` (when given), lay it out, write it to `path` as PNG (making its folder) and free it."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_log_history(log_history: list[dict], panels: dict[str, list[str]], path: str | Path, title: str) -> Path:
     """One panel per entry of `panels` (panel title -> metric names), each metric against the step it was logged."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
@@ -21,13 +33,7 @@ def plot_log_history(log_history: list[dict], panels: dict[str, list[str]], path
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_reliability(bins: list[dict], ece: float, path: str | Path) -> Path:
@@ -44,8 +50,4 @@ def plot_reliability(bins: list[dict], ece: float, path: str | Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability (ECE {ece:.3f})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
