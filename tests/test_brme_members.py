@@ -146,7 +146,7 @@ def test_gradient_checkpointing_matches_plain_backward():
     [
         (dict(head_type="ensemble"), "head_type"),
         (dict(prior_scale=-1.0), "BRMEConfig.prior_scale must be a finite number >= 0"),
-        (dict(member_layers=0), "BRMEConfig.member_layers must be an integer >= 1"),
+        (dict(member_layers=0), "BRMEConfig.member_layers must be >= 1, got 0."),
         (dict(head_type="lora", member_layers=9), "exceeds the backbone's 2 layers"),
         (dict(head_hidden_size=0), "BRMEConfig.head_hidden_size"),
     ],

@@ -472,7 +472,7 @@ def test_peft_trains_mlp_members_with_priors_and_refuses_lora_members(tmp_path, 
     [
         ("head_type", "ensemble", "BRMERewardConfig.head_type must be one of linear, mlp, lora"),
         ("prior_scale", -0.5, "BRMERewardConfig.prior_scale must be a finite number >= 0"),
-        ("member_layers", 0, "BRMERewardConfig.member_layers must be an integer >= 1"),
+        ("member_layers", 0, "BRMERewardConfig.member_layers must be >= 1, got 0."),
     ],
 )
 def test_member_settings_are_checked_when_the_config_is_made(tmp_path, field, value, match):

@@ -2,9 +2,11 @@
 Every row of the command-line error table in docs/reliability.md ("Command-line errors"), run through the `trl-robust`
 entry point (`trl_robust_cli.main`, what the console script calls): exit status 2, the message of the table, no
 traceback, no model built; and the rows marked "at once" in a fresh interpreter, where none of torch, transformers or
-TRL may be imported by the time the error is printed.
+TRL may be imported by the time the error is printed. Then the numeric ranges that fields declare in their metadata
+(`recipe_checks.value_range`): how a range is read, and that the early check and the config's own give one message.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -183,8 +185,8 @@ def test_every_flag_form_the_full_parser_takes_passes_the_early_check():
         "none",
         "--bf16",
         "false",
-        "--max_train_samples",
-        "-1",
+        "--seed",
+        "-1",  # a negative number is a value, not a flag
     ]
     values = recipe_checks.check_flags(argv, recipe_checks.command_specs("reward"))
     assert values == {
@@ -194,7 +196,7 @@ def test_every_flag_form_the_full_parser_takes_passes_the_early_check():
         "remove_unused_columns": False,
         "report_to": ["none"],
         "bf16": False,
-        "max_train_samples": -1,
+        "seed": -1,
     }
     _, config = train_brme.make_parser().parse_recipe_and_args(argv[:-2] + ["--output_dir", "unused"])
     assert (config.num_heads, config.learning_rate, config.bf16) == (3, 1e-4, False)
@@ -227,3 +229,134 @@ def test_the_early_check_passes_the_dry_run_flags_of_the_recipes_page():
     for command in commands:
         _, flags = recipe_checks.split_config(command[2:])
         recipe_checks.check_flags(flags, recipe_checks.command_specs(command[1]))
+
+
+# Ranges: declared once in a field's metadata, read by the config's own check and by the early one.
+RANGE_MESSAGE = re.compile(r"^(recipe\.yaml: )?(\w+\.\w+ must be .*)$")
+RANGE_ROWS = [row for row in ROWS if row["at_once"] and RANGE_MESSAGE.match(row["message"])]
+
+
+@pytest.mark.parametrize("row", RANGE_ROWS, ids=[" ".join(row["args"]) for row in RANGE_ROWS])
+def test_a_range_error_reads_the_same_without_the_schema(row, tmp_path, monkeypatch, capsys):
+    """The rows' range errors come from the schema before the imports; with no schema the config's own check gives
+    the same message after the imports (less the recipe's name)."""
+    monkeypatch.chdir(make_workdir(tmp_path, row["recipe"]))
+    monkeypatch.setattr(recipe_checks, "command_specs", lambda command: None)
+    status, output = run_cli(row["args"], capsys)
+    assert status == 2 and RANGE_MESSAGE.match(row["message"]).group(2) in " ".join(output.split()), output
+
+
+def test_at_least_eight_range_rows_cover_open_closed_and_optional_ranges():
+    messages = " ".join(row["message"] for row in RANGE_ROWS)
+    assert len(RANGE_ROWS) >= 8
+    assert all(part in messages for part in ("in [0, 1]", "in (0, 1)", ">= 1", "finite number > 0", "or None"))
+
+
+@pytest.mark.parametrize(
+    "bounds, inside, outside, described",
+    [
+        (recipe_checks.value_range(0, 1), [0, 0.5, 1], [-0.01, 1.01, float("nan")], "in [0, 1]"),
+        (
+            recipe_checks.value_range(0, 1, low_inclusive=False, high_inclusive=False),
+            [1e-9, 0.5, 0.999],
+            [0, 0.0, 1, 1.0],
+            "in (0, 1)",
+        ),
+        (recipe_checks.value_range(0, 0.5, high_inclusive=False), [0, 0.49], [0.5, -1], "in [0, 0.5)"),
+        (recipe_checks.value_range(1), [1, 2, 10**400, float("inf")], [0, 0.5, -1, float("nan")], ">= 1"),
+        (recipe_checks.value_range(0, low_inclusive=False), [1e-12, float("inf")], [0, -1.0], "> 0"),
+        (
+            recipe_checks.value_range(0, finite=True),
+            [0, 3.5, 10**400],
+            [-1e-9, float("inf"), float("nan")],
+            "a finite number >= 0",
+        ),
+        (recipe_checks.value_range(high=2, high_inclusive=False), [-5, 1.99], [2, 3], "< 2"),
+    ],
+)
+def test_value_range_reads_each_end_inclusive_or_not(bounds, inside, outside, described):
+    assert recipe_checks.describe_range(bounds) == described
+    assert json.loads(json.dumps(bounds)) == bounds  # plain JSON data: it goes into the schema file as it is
+    for value in inside:
+        assert recipe_checks.in_range(value, bounds), value
+        assert recipe_checks.range_error("C.x", value, bounds) is None
+    for value in outside:
+        assert not recipe_checks.in_range(value, bounds), value
+        assert recipe_checks.range_error("C.x", value, bounds) == f"C.x must be {described}, got {value!r}."
+
+
+def test_a_range_refuses_what_is_not_a_number_and_a_bad_range_is_refused():
+    bounds = recipe_checks.value_range(0, 1)
+    for value in (True, False, "0.5", None, [0.5]):
+        assert not recipe_checks.in_range(value, bounds), value
+    with pytest.raises(ValueError, match="needs a lower or an upper bound"):
+        recipe_checks.value_range()
+    with pytest.raises(ValueError, match="lower bound 2 is above the upper bound 1"):
+        recipe_checks.value_range(2, 1)
+
+
+@dataclasses.dataclass
+class Ranged:
+    share: float = dataclasses.field(
+        default=0.5, metadata={"help": "", **recipe_checks.ranged(recipe_checks.value_range(0, 1))}
+    )
+    count: int = dataclasses.field(
+        default=1, metadata={"help": "", **recipe_checks.ranged(recipe_checks.value_range(1))}
+    )
+    limit: int | None = dataclasses.field(
+        default=None, metadata={"help": "", **recipe_checks.ranged(recipe_checks.value_range(1))}
+    )
+    name: str = "x"
+
+    def __post_init__(self):
+        recipe_checks.check_field_ranges(self)
+
+
+def test_a_dataclass_checks_its_fields_ranges_and_none_only_where_the_field_is_optional():
+    assert recipe_checks.field_ranges(Ranged) == {
+        "share": (recipe_checks.value_range(0, 1), False),
+        "count": (recipe_checks.value_range(1), False),
+        "limit": (recipe_checks.value_range(1), True),
+    }
+    Ranged(share=0, count=1, limit=None)
+    Ranged(share=1.0, count=5, limit=1)
+    for kwargs, message in [
+        ({"share": 1.5}, "Ranged.share must be in [0, 1], got 1.5."),
+        ({"count": 0}, "Ranged.count must be >= 1, got 0."),
+        ({"count": None}, "Ranged.count must be >= 1, got None."),
+        ({"limit": 0}, "Ranged.limit must be >= 1 or None, got 0."),
+    ]:
+        with pytest.raises(ValueError) as error:
+            Ranged(**kwargs)
+        assert str(error.value) == message
+
+
+def test_the_early_check_gives_the_configs_own_range_message():
+    specs = recipe_checks.field_specs([Ranged])
+    assert specs["share"]["range"] == recipe_checks.value_range(0, 1) and specs["share"]["owner"] == "Ranged"
+    assert specs["name"]["range"] is None
+    for flag, value, kwargs in [("share", "1.5", {"share": 1.5}), ("limit", "0", {"limit": 0})]:
+        with pytest.raises(ValueError) as own:
+            Ranged(**kwargs)
+        with pytest.raises(recipe_checks.RecipeError) as early:
+            recipe_checks.check_flags([f"--{flag}", value], specs)
+        assert str(early.value) == str(own.value)
+        with pytest.raises(recipe_checks.RecipeError) as from_recipe:
+            recipe_checks.check_values(kwargs, specs, "r.yaml")
+        assert str(from_recipe.value) == f"r.yaml: {own.value}"
+    recipe_checks.check_values({"limit": None, "share": 0}, specs, "r.yaml")  # None: the optional field unset
+    assert recipe_checks.check_flags(["--count", "3"], specs) == {"count": 3}
+
+
+def test_a_plain_hf_argument_parser_still_takes_the_ranged_configs():
+    """HfArgumentParser passes every metadata entry to argparse; `ranged` adds the action that accepts `range`."""
+    from transformers import HfArgumentParser
+
+    from trl_robust import BRMERewardConfig
+
+    (config,) = HfArgumentParser((BRMERewardConfig,)).parse_args_into_dataclasses(
+        ["--output_dir", "unused", "--robust_lambda", "0.7", "--num_heads", "3", "--head_hidden_size", "8"]
+    )
+    assert (config.robust_lambda, config.num_heads, config.head_hidden_size) == (0.7, 3, 8)
+    (args,) = HfArgumentParser((Ranged,)).parse_args_into_dataclasses(["--share", "0.25"])
+    assert args.share == 0.25 and args.limit is None

@@ -14,14 +14,22 @@ Every function takes `means` (and where needed `stds`) of shape `[batch, K]` (he
 | `kl_dro`  | `-beta * log (1/K) sum_k exp(-mu_k / beta)`      | arXiv 2606.09073                             |
 """
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from .recipe_checks import check_range, check_ranges, value_range
+
 AGGREGATIONS = ("nominal", "worst", "robust", "mean", "uwo", "kl_dro")
 DEFAULT_ROBUST_LAMBDA = 0.4  # the public re-implementation's weight on the nominal term (DESIGN.md section 1)
+# The one place the aggregation parameters' ranges are written; the configs' fields of these names declare them as
+# their `metadata["range"]`, so the command line checks them before the imports.
+PARAMETER_RANGES = {
+    "robust_lambda": value_range(0, 1),
+    "uwo_coef": value_range(0, finite=True),
+    "kl_dro_beta": value_range(0, low_inclusive=False, finite=True),
+}
 
 
 def check_heads(means: torch.Tensor, stds: torch.Tensor | None = None) -> None:
@@ -36,24 +44,16 @@ def check_heads(means: torch.Tensor, stds: torch.Tensor | None = None) -> None:
 
 def check_robust_lambda(robust_lambda: float, owner: str = "robust_lambda") -> None:
     """Raise a `ValueError` naming `owner` (e.g. `"BRMEConfig.robust_lambda"`) unless `robust_lambda` is in [0, 1]."""
-    if not (isinstance(robust_lambda, int | float) and 0.0 <= robust_lambda <= 1.0):
-        raise ValueError(f"{owner} must be in [0, 1], got {robust_lambda!r}.")
+    check_range(owner, robust_lambda, PARAMETER_RANGES["robust_lambda"])
 
 
 def check_params(
     robust_lambda: float = 0.4, uwo_coef: float = 0.0, kl_dro_beta: float = 1.0, owner: str | None = None
 ) -> None:
     """Raise a `ValueError` naming the parameter (as `owner.field` when `owner` is given, e.g. a config class name)
-    when an aggregation parameter is out of range. The one place these ranges are written."""
-
-    def named(field: str) -> str:
-        return f"{owner}.{field}" if owner else field
-
-    check_robust_lambda(robust_lambda, named("robust_lambda"))
-    if not (isinstance(uwo_coef, int | float) and math.isfinite(uwo_coef) and uwo_coef >= 0.0):
-        raise ValueError(f"{named('uwo_coef')} must be a finite number >= 0, got {uwo_coef!r}.")
-    if not (isinstance(kl_dro_beta, int | float) and math.isfinite(kl_dro_beta) and kl_dro_beta > 0.0):
-        raise ValueError(f"{named('kl_dro_beta')} must be a finite number > 0, got {kl_dro_beta!r}.")
+    when an aggregation parameter is outside its range of `PARAMETER_RANGES`."""
+    values = {"robust_lambda": robust_lambda, "uwo_coef": uwo_coef, "kl_dro_beta": kl_dro_beta}
+    check_ranges(owner, values, PARAMETER_RANGES)
 
 
 def nominal(means: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:

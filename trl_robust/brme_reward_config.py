@@ -1,13 +1,13 @@
 """Configuration of the BRMERewardTrainer."""
 
-import math
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
+from .aggregation import DEFAULT_ROBUST_LAMBDA
 from .config_utils import resolve_bf16
-from .configuration_brme import MEMBER_FIELDS, check_member_settings
+from .configuration_brme import BRME_RANGES, MEMBER_FIELDS, MEMBER_RANGES, check_member_settings
+from .recipe_checks import check_field_ranges, ranged, value_range
 
 BRME_LOSSES = ("gaussian_bt", "reparam", "bt", "bt_then_gaussian")
 BOOTSTRAPS = ("bayesian", "poisson", "none")
@@ -40,13 +40,17 @@ class BRMERewardConfig(RewardConfig):
 
     num_heads: int = field(
         default=5,
-        metadata={"help": "Number of Gaussian reward heads K, used when the trainer builds a new BRME."},
+        metadata={
+            "help": "Number of Gaussian reward heads K, used when the trainer builds a new BRME.",
+            **ranged(BRME_RANGES["num_heads"]),
+        },
     )
     robust_lambda: float = field(
         default=DEFAULT_ROBUST_LAMBDA,
         metadata={
             "help": "Weight of the nominal reward (mean of the most confident head) in the robust reward "
-            "lambda * nominal + (1 - lambda) * worst, used when the trainer builds a new BRME."
+            "lambda * nominal + (1 - lambda) * worst, used when the trainer builds a new BRME.",
+            **ranged(BRME_RANGES["robust_lambda"]),
         },
     )
     std_floor: float = field(
@@ -67,19 +71,33 @@ class BRMERewardConfig(RewardConfig):
     )
     head_hidden_size: int | None = field(
         default=None,
-        metadata={"help": "Hidden units of each 'mlp' member of a new BRME; a quarter of the backbone's when unset."},
+        metadata={
+            "help": "Hidden units of each 'mlp' member of a new BRME; a quarter of the backbone's when unset.",
+            **ranged(MEMBER_RANGES["head_hidden_size"]),
+        },
     )
     prior_scale: float = field(
         default=0.0,
         metadata={
             "help": "Randomised prior functions of a new BRME: each member's mean adds prior_scale times a frozen "
-            "random head's output (0: off)."
+            "random head's output (0: off).",
+            **ranged(MEMBER_RANGES["prior_scale"]),
         },
     )
     member_layers: int = field(
-        default=1, metadata={"help": "For head_type='lora': top backbone layers carrying per-member adapters."}
+        default=1,
+        metadata={
+            "help": "For head_type='lora': top backbone layers carrying per-member adapters.",
+            **ranged(MEMBER_RANGES["member_layers"]),
+        },
     )
-    member_lora_rank: int = field(default=8, metadata={"help": "For head_type='lora': rank of each member's adapters."})
+    member_lora_rank: int = field(
+        default=8,
+        metadata={
+            "help": "For head_type='lora': rank of each member's adapters.",
+            **ranged(MEMBER_RANGES["member_lora_rank"]),
+        },
+    )
     brme_loss: str = field(
         default="gaussian_bt",
         metadata={
@@ -95,7 +113,8 @@ class BRMERewardConfig(RewardConfig):
         default=0.5,
         metadata={
             "help": "For brme_loss='bt_then_gaussian': share of the optimiser steps spent on the Bradley-Terry phase "
-            "(0 < fraction < 1); the rest regresses the heads onto the BT model's targets."
+            "(0 < fraction < 1); the rest regresses the heads onto the BT model's targets.",
+            **ranged(value_range(0, 1, low_inclusive=False, high_inclusive=False)),
         },
     )
     bt_target_scale: float = field(
@@ -103,12 +122,13 @@ class BRMERewardConfig(RewardConfig):
         metadata={
             "help": "For brme_loss='bt_then_gaussian': alpha of the regression targets, alpha * (p - 0.5) for the "
             "chosen side and alpha * (0.5 - p) for the rejected side, p the BT model's P(chosen > rejected) (10 in the "
-            "public re-implementation)."
+            "public re-implementation).",
+            **ranged(value_range(0, low_inclusive=False, finite=True)),
         },
     )
     num_reparam_samples: int = field(
         default=8,
-        metadata={"help": "Monte-Carlo samples per pair and head for brme_loss='reparam'."},
+        metadata={"help": "Monte-Carlo samples per pair and head for brme_loss='reparam'.", **ranged(value_range(1))},
     )
     bootstrap: str = field(
         default="bayesian",
@@ -121,7 +141,10 @@ class BRMERewardConfig(RewardConfig):
     )
     calibration_bins: int = field(
         default=10,
-        metadata={"help": "Number of equal-width confidence bins of the expected calibration error (ece) metric."},
+        metadata={
+            "help": "Number of equal-width confidence bins of the expected calibration error (ece) metric.",
+            **ranged(value_range(1)),
+        },
     )
 
     calibrate: bool = field(
@@ -138,19 +161,8 @@ class BRMERewardConfig(RewardConfig):
         super().__post_init__()
         if self.brme_loss not in BRME_LOSSES:
             raise ValueError(f"BRMERewardConfig.brme_loss must be one of {BRME_LOSSES}, got {self.brme_loss!r}.")
+        # head_type and the member ranges (MEMBER_RANGES, also these fields' metadata ranges), as BRMEConfig does
         check_member_settings("BRMERewardConfig", **{name: getattr(self, name) for name in MEMBER_FIELDS})
         if self.bootstrap not in BOOTSTRAPS:
             raise ValueError(f"BRMERewardConfig.bootstrap must be one of {BOOTSTRAPS}, got {self.bootstrap!r}.")
-        if self.num_heads < 1:
-            raise ValueError(f"BRMERewardConfig.num_heads must be >= 1, got {self.num_heads!r}.")
-        check_robust_lambda(self.robust_lambda, "BRMERewardConfig.robust_lambda")
-        if self.num_reparam_samples < 1:
-            raise ValueError(f"BRMERewardConfig.num_reparam_samples must be >= 1, got {self.num_reparam_samples!r}.")
-        if not 0.0 < self.bt_phase_fraction < 1.0:
-            raise ValueError(f"BRMERewardConfig.bt_phase_fraction must be in (0, 1), got {self.bt_phase_fraction!r}.")
-        if not (math.isfinite(self.bt_target_scale) and self.bt_target_scale > 0):
-            raise ValueError(
-                f"BRMERewardConfig.bt_target_scale must be a finite number > 0, got {self.bt_target_scale!r}."
-            )
-        if self.calibration_bins < 1:
-            raise ValueError(f"BRMERewardConfig.calibration_bins must be >= 1, got {self.calibration_bins!r}.")
+        check_field_ranges(self)  # every field with a metadata["range"]

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .aggregation import AGGREGATIONS, Aggregation
+from .aggregation import AGGREGATIONS, PARAMETER_RANGES, Aggregation
+from .recipe_checks import check_field_ranges, ranged
 
 
 def resolve_bf16(bf16: bool | None, fp16: bool, use_cpu: bool = False) -> bool:
@@ -51,23 +52,30 @@ class RobustRewardFields:
         metadata={
             "help": "Weight of the nominal reward in the robust reward lambda * nominal + (1 - lambda) * worst, in "
             "[0, 1]: 1 is standard RLHF on the most confident head, 0 is pure worst case. Unset (None): the BRME's "
-            "own robust_lambda (the one its logits use, 0.4 by default); a value given here wins and is logged."
+            "own robust_lambda (the one its logits use, 0.4 by default); a value given here wins and is logged.",
+            **ranged(PARAMETER_RANGES["robust_lambda"]),
         },
     )
     uwo_coef: float = field(
         default=1.0,
-        metadata={"help": "Variance penalty c >= 0 of the 'uwo' aggregation, mean - c * variance of the head means."},
+        metadata={
+            "help": "Variance penalty c >= 0 of the 'uwo' aggregation, mean - c * variance of the head means.",
+            **ranged(PARAMETER_RANGES["uwo_coef"]),
+        },
     )
     kl_dro_beta: float = field(
         default=1.0,
         metadata={
             "help": "Temperature beta > 0 of the 'kl_dro' aggregation, -beta * log mean_k exp(-mu_k / beta): it "
-            "tends to the worst head as beta -> 0 and to the ensemble mean as beta -> inf."
+            "tends to the worst head as beta -> 0 and to the ensemble mean as beta -> inf.",
+            **ranged(PARAMETER_RANGES["kl_dro_beta"]),
         },
     )
 
     def __post_init__(self):
-        # The three robust RL configs' shared start: our bf16 default, the base config's own checks, then ours.
+        # The three robust RL configs' shared start: our bf16 default, the base config's own checks, then ours: the
+        # ranges of every field with a `metadata["range"]` (the subclass's own too), then the aggregation's.
         self.bf16 = resolve_bf16(self.bf16, self.fp16, self.use_cpu)
         super().__post_init__()
+        check_field_ranges(self)
         check_reward_aggregation(self)

@@ -1,6 +1,5 @@
 """Configuration of the Bayesian Reward Model Ensemble (BRME)."""
 
-import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -8,12 +7,28 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from .aggregation import DEFAULT_ROBUST_LAMBDA, check_robust_lambda
+from .aggregation import DEFAULT_ROBUST_LAMBDA, PARAMETER_RANGES
+from .recipe_checks import check_ranges, value_range
 
 POOLINGS = ("last", "first")
 HEAD_TYPES = ("linear", "mlp", "lora")
 # The settings that say what each member is; BRMERewardConfig carries them too, for the BRMEs it builds.
 MEMBER_FIELDS = ("head_type", "head_hidden_size", "prior_scale", "member_layers", "member_lora_rank")
+# The ranges of the BRME's numeric settings, written once: BRMEConfig checks them, and the fields of the same names
+# of BRMERewardConfig (for the BRME it builds) and of the evaluation's arguments declare them as their
+# `metadata["range"]`.
+MEMBER_RANGES = {
+    "head_hidden_size": value_range(1),  # or None: a quarter of the backbone's hidden size
+    "prior_scale": value_range(0, finite=True),
+    "member_layers": value_range(1),
+    "member_lora_rank": value_range(1),
+}
+BRME_RANGES = {
+    "num_heads": value_range(1),
+    "robust_lambda": PARAMETER_RANGES["robust_lambda"],
+    "std_floor": value_range(0, low_inclusive=False),
+    "calibration_temperature": value_range(0, low_inclusive=False, finite=True),
+}
 
 
 def check_member_settings(
@@ -24,17 +39,17 @@ def check_member_settings(
     member_layers: int,
     member_lora_rank: int,
 ) -> None:
-    """Raise a `ValueError` naming `owner.field` when a member setting is out of range (BRMEConfig, and
-    BRMERewardConfig for the BRME it builds, check them here)."""
+    """Raise a `ValueError` naming `owner.field` when a member setting is not one of its choices or out of its range
+    (`MEMBER_RANGES`). BRMEConfig checks them here; BRMERewardConfig's fields carry the same ranges as metadata."""
     if head_type not in HEAD_TYPES:
         raise ValueError(f"{owner}.head_type must be one of {', '.join(HEAD_TYPES)}; got {head_type!r}.")
-    if head_hidden_size is not None and not (isinstance(head_hidden_size, int) and head_hidden_size >= 1):
-        raise ValueError(f"{owner}.head_hidden_size must be an integer >= 1 or None, got {head_hidden_size!r}.")
-    if not (isinstance(prior_scale, int | float) and math.isfinite(prior_scale) and prior_scale >= 0):
-        raise ValueError(f"{owner}.prior_scale must be a finite number >= 0, got {prior_scale!r}.")
-    for name, value in (("member_layers", member_layers), ("member_lora_rank", member_lora_rank)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}.")
+    values = {
+        "head_hidden_size": head_hidden_size,
+        "prior_scale": prior_scale,
+        "member_layers": member_layers,
+        "member_lora_rank": member_lora_rank,
+    }
+    check_ranges(owner, values, MEMBER_RANGES, optional=("head_hidden_size",))
 
 
 @strict
@@ -115,12 +130,8 @@ class BRMEConfig(PreTrainedConfig):
         self.validate_brme()
 
     def validate_brme(self) -> None:
-        """Raise a `ValueError` naming the field when a BRME setting is out of range."""
-        if not isinstance(self.num_heads, int) or self.num_heads < 1:
-            raise ValueError(f"BRMEConfig.num_heads must be an integer >= 1, got {self.num_heads!r}.")
-        check_robust_lambda(self.robust_lambda, "BRMEConfig.robust_lambda")
-        if not self.std_floor > 0.0:
-            raise ValueError(f"BRMEConfig.std_floor must be > 0, got {self.std_floor!r}.")
+        """Raise a `ValueError` naming the field when a BRME setting is out of range (the types are `@strict`'s)."""
+        check_ranges("BRMEConfig", {name: getattr(self, name) for name in BRME_RANGES}, BRME_RANGES)
         if not self.init_std > self.std_floor:
             raise ValueError(
                 f"BRMEConfig.init_std must be greater than std_floor ({self.std_floor}), got {self.init_std!r}."
@@ -131,9 +142,6 @@ class BRMEConfig(PreTrainedConfig):
         layers = getattr(self.text_config, "num_hidden_layers", None)
         if self.head_type == "lora" and layers is not None and self.member_layers > layers:
             raise ValueError(f"BRMEConfig.member_layers ({self.member_layers}) exceeds the backbone's {layers} layers.")
-        t = self.calibration_temperature
-        if not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
-            raise ValueError(f"BRMEConfig.calibration_temperature must be a finite number > 0, got {t!r}.")
         if self.num_labels != 1:
             raise ValueError(
                 f"BRMEConfig.num_labels must be 1 (the robust reward); set the number of heads with num_heads, "

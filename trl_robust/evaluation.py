@@ -12,11 +12,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from . import aggregation as agg
+from .configuration_brme import BRME_RANGES
 from .data import split_dialogue
 from .exploits import load_exploits_file, make_exploits, reward_favourite_words
 from .metrics import auroc, expected_calibration_error, pair_probability, reliability_bins
 from .modeling_brme import BRMERewardModel, aleatoric_uncertainty, epistemic_uncertainty
 from .plotting import plot_reliability
+from .recipe_checks import check_range
 from .scoring import reward_model_outputs
 from .tokenization import padding_id, tokenize_for_reward
 
@@ -170,8 +172,7 @@ def evaluate_reward_model(
         robust_lambda = model.config.robust_lambda if is_brme else 1.0
     if temperature is None:
         temperature = getattr(model.config, "calibration_temperature", 1.0) if is_brme else 1.0
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"evaluate_reward_model: temperature must be a finite number > 0, got {temperature!r}.")
+    check_range("evaluate_reward_model: temperature", temperature, BRME_RANGES["calibration_temperature"])
     chosen, rejected = [], []
     for row in dataset:
         prompt = row.get("prompt")

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from .aggregation import Aggregation
+from .recipe_checks import check_field_ranges, ranged, value_range
 
 METHODS = ("ppo", "grpo", "bon")
 DEFAULT_SETTINGS = ["nominal", "mean", "worst", "uwo", "robust:0.2", "robust:0.4", "robust:0.6", "robust:0.8"]
@@ -53,13 +54,21 @@ class OverOptimizationConfig:
 
     # Proxy reward model
     num_proxy_pairs: int = field(
-        default=256, metadata={"help": "Gold-labelled pairs (two answers of the initial policy) the proxy trains on."}
+        default=256,
+        metadata={
+            "help": "Gold-labelled pairs (two answers of the initial policy) the proxy trains on.",
+            **ranged(value_range(1)),
+        },
     )
     num_proxy_eval_pairs: int = field(
         default=64, metadata={"help": "Noise-free gold-labelled pairs on which the proxy's gold agreement is measured."}
     )
     label_noise: float = field(
-        default=0.25, metadata={"help": "Probability that a training pair's gold label is flipped, in [0, 0.5]."}
+        default=0.25,
+        metadata={
+            "help": "Probability that a training pair's gold label is flipped, in [0, 0.5].",
+            **ranged(value_range(0, 0.5)),
+        },
     )
     min_gold_margin: float = field(
         default=0.0,
@@ -88,17 +97,25 @@ class OverOptimizationConfig:
     )
     generation_batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
     num_eval_prompts: int = field(
-        default=32, metadata={"help": "Held-out prompts on which gold, proxy and KL are measured."}
+        default=32,
+        metadata={"help": "Held-out prompts on which gold, proxy and KL are measured.", **ranged(value_range(1))},
     )
 
     # RL
-    rl_steps: int = field(default=16, metadata={"help": "Optimiser updates per RL run."})
-    eval_every: int = field(default=2, metadata={"help": "Measure gold, proxy and KL every this many updates."})
+    rl_steps: int = field(default=16, metadata={"help": "Optimiser updates per RL run.", **ranged(value_range(1))})
+    eval_every: int = field(
+        default=2, metadata={"help": "Measure gold, proxy and KL every this many updates.", **ranged(value_range(1))}
+    )
     rl_batch_size: int = field(
         default=8,
-        metadata={"help": "Episodes per update (PPO: prompts; GRPO: completions, num_generations per prompt)."},
+        metadata={
+            "help": "Episodes per update (PPO: prompts; GRPO: completions, num_generations per prompt).",
+            **ranged(value_range(1)),
+        },
     )
-    num_generations: int = field(default=4, metadata={"help": "GRPO: completions per prompt."})
+    num_generations: int = field(
+        default=4, metadata={"help": "GRPO: completions per prompt.", **ranged(value_range(1))}
+    )
     num_ppo_epochs: int = field(default=2, metadata={"help": "PPO: epochs over each batch."})
     rl_learning_rate: float = field(default=1e-5, metadata={"help": "Policy learning rate."})
     kl_coef: float = field(
@@ -111,7 +128,11 @@ class OverOptimizationConfig:
 
     # Best-of-n
     bon_pool_size: int = field(
-        default=16, metadata={"help": "Best-of-n: answers sampled once per evaluation prompt; n runs over powers of 2."}
+        default=16,
+        metadata={
+            "help": "Best-of-n: answers sampled once per evaluation prompt; n runs over powers of 2.",
+            **ranged(value_range(1)),
+        },
     )
 
     # Early warning
@@ -120,7 +141,8 @@ class OverOptimizationConfig:
         metadata={
             "help": "RL runs: samples in the window of the HackingMonitor that watches each run (its reference "
             "quantiles fitted on the proxy's scores of 128 answers of the initial policy); curves.csv and runs.md "
-            "record its first alarm beside the gold peak. 0 turns the monitor off."
+            "record its first alarm beside the gold peak. 0 turns the monitor off.",
+            **ranged(value_range(0)),
         },
     )
 
@@ -132,17 +154,11 @@ class OverOptimizationConfig:
             raise ValueError("OverOptimizationConfig.settings is empty; give at least one aggregation.")
         for setting in self.settings:
             Aggregation.from_setting(setting)
-        if not 0.0 <= self.label_noise <= 0.5:
-            raise ValueError(f"OverOptimizationConfig.label_noise must be in [0, 0.5], got {self.label_noise!r}.")
-        for name in ("num_proxy_pairs", "rl_steps", "eval_every", "rl_batch_size", "num_eval_prompts", "bon_pool_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"OverOptimizationConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+        check_field_ranges(self)
         if self.rl_batch_size % self.num_generations:
             raise ValueError(
                 f"OverOptimizationConfig.rl_batch_size ({self.rl_batch_size}) must be a multiple of "
                 f"num_generations ({self.num_generations})."
             )
-        if self.monitor_window < 0:
-            raise ValueError(f"OverOptimizationConfig.monitor_window must be >= 0, got {self.monitor_window!r}.")
         if not self.seeds:
             raise ValueError("OverOptimizationConfig.seeds is empty; give at least one seed.")

@@ -6,12 +6,19 @@ generated from those dataclasses (`trl_robust/assets/cli_schema.json`, rebuilt w
 trl_robust.recipe_checks --write`), so that a typo, a wrong type or a value outside a field's choices is reported in a
 fraction of a second instead of after the imports. The schema is used only while it matches the installed TRL and
 transformers and the source files it was built from; otherwise the full parser (`RecipeParser`) does the same checks.
+
+A numeric field's allowed range is declared once, in its metadata: `metadata={"help": ..., **ranged(value_range(1))}`
+puts `{"range": {"low": 1, ...}}` there. The configs' `__post_init__` check it with `check_field_ranges`, and the schema
+carries it, so that a value out of range is also reported before the imports, with the same message.
 """
 
+import argparse
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import types
@@ -25,10 +32,136 @@ import yaml
 SCHEMA_PATH = Path(__file__).parent / "assets" / "cli_schema.json"
 PACKAGE_DIR = Path(__file__).parent
 TRUE, FALSE = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")  # what HfArgumentParser reads as bools
+# Modules whose constants the fields' choices and ranges use (the aggregations and their parameters' ranges, the BRME's
+# ranges): part of every command's source hash, so that a change there makes the schema stale.
+VALUE_SOURCES = ("aggregation.py", "configuration_brme.py")
 
 
 class RecipeError(ValueError):
     """A recipe, command line, or the data and model paths it names, that cannot be run as written."""
+
+
+def value_range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    finite: bool = False,
+) -> dict:
+    """
+    A numeric field's allowed values as plain JSON data, for its metadata (`ranged`) and the schema file: the
+    bounds (None: unbounded on that side), whether each bound is allowed itself, and, for a range open above or below,
+    whether infinities are refused (`finite`; a range with both bounds is finite anyway). NaN is never in range.
+    `value_range(0, 1)` is [0, 1], `value_range(0, 1, low_inclusive=False, high_inclusive=False)` is (0, 1),
+    `value_range(1)` is >= 1, `value_range(0, low_inclusive=False, finite=True)` is a finite number > 0.
+    """
+    if low is None and high is None:
+        raise ValueError("value_range needs a lower or an upper bound.")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"value_range: the lower bound {low} is above the upper bound {high}.")
+    return dict(low=low, high=high, low_inclusive=low_inclusive, high_inclusive=high_inclusive, finite=finite)
+
+
+class RangedArgument(argparse.Action):
+    """argparse's plain store action that also accepts the `range` keyword: `HfArgumentParser` (and TRL's parser)
+    pass every metadata entry of a field to `add_argument`, where the default action would refuse `range`. Stores the
+    value as given; the range is checked by the config (`check_field_ranges`) and by the early check."""
+
+    def __init__(self, option_strings: list[str], dest: str, range: Mapping | None = None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.range = range
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+
+
+def ranged(bounds: Mapping) -> dict:
+    """A field's metadata entries for the range `bounds` (a `value_range`): `metadata={"help": ..., **ranged(...)}`.
+    `range` is what the checks read; `action` lets the argument parsers take the field (see `RangedArgument`)."""
+    return {"range": bounds, "action": RangedArgument}
+
+
+def describe_range(bounds: Mapping) -> str:
+    """What `must be ...` says of a range: `in [0, 1]`, `in (0, 1)`, `>= 1`, `a finite number > 0`."""
+    low, high = bounds["low"], bounds["high"]
+    if low is not None and high is not None:
+        opening, closing = "[" if bounds["low_inclusive"] else "(", "]" if bounds["high_inclusive"] else ")"
+        return f"in {opening}{low:g}, {high:g}{closing}"
+    if low is not None:
+        side = f"{'>=' if bounds['low_inclusive'] else '>'} {low:g}"
+    else:
+        side = f"{'<=' if bounds['high_inclusive'] else '<'} {high:g}"
+    return f"a finite number {side}" if bounds["finite"] else side
+
+
+def in_range(value, bounds: Mapping) -> bool:
+    """Whether `value` is a number (an int or float, not a bool) within `bounds` (a `value_range`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, float) and (math.isnan(value) or (bounds["finite"] and math.isinf(value))):
+        return False  # (an int is finite; math.isnan would overflow on a huge one)
+    low, high = bounds["low"], bounds["high"]
+    if low is not None and not (value >= low if bounds["low_inclusive"] else value > low):
+        return False
+    return high is None or (value <= high if bounds["high_inclusive"] else value < high)
+
+
+def range_error(name: str, value, bounds: Mapping, optional: bool = False) -> str | None:
+    """The message for `value` of the field `name` (`"BRMEConfig.num_heads"`) when it is out of `bounds`, else None;
+    None is in range (and the message says so) where the field is `optional`."""
+    if (value is None and optional) or in_range(value, bounds):
+        return None
+    return f"{name} must be {describe_range(bounds)}{' or None' if optional else ''}, got {value!r}."
+
+
+def check_range(
+    name: str, value, bounds: Mapping, optional: bool = False, error: type[ValueError] = ValueError
+) -> None:
+    """Raise `error` with `range_error`'s message when `value` is out of `bounds`."""
+    message = range_error(name, value, bounds, optional)
+    if message is not None:
+        raise error(message)
+
+
+def check_ranges(
+    owner: str | None,
+    values: Mapping,
+    ranges: Mapping[str, Mapping],
+    optional: Iterable[str] = (),
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Raise `error` naming `owner.field` (the field alone when `owner` is None), the range and the value, for the
+    first of `ranges` (`{field: value_range(...)}`) whose value in `values` is out of its range. For the checks of
+    objects that are not dataclasses with range metadata (BRMEConfig, the aggregation parameters)."""
+    optional = set(optional)
+    for name, bounds in ranges.items():
+        check_range(f"{owner}.{name}" if owner else name, values[name], bounds, name in optional, error)
+
+
+@functools.cache
+def field_ranges(dataclass_type: type) -> dict[str, tuple[dict, bool]]:
+    """`{field: (range, optional)}` of the dataclass's fields that have `metadata["range"]`; `optional` says the
+    field's type allows None (then None is in range)."""
+    hints = typing.get_type_hints(dataclass_type)
+    return {
+        f.name: (f.metadata["range"], _allows_none(hints[f.name]))
+        for f in dataclasses.fields(dataclass_type)
+        if "range" in f.metadata
+    }
+
+
+def check_field_ranges(config, error: type[ValueError] = ValueError) -> None:
+    """Raise `error` (`"ClassName.field must be in [0, 1], got 1.5."`) for the first field of the dataclass instance
+    `config` whose value is outside its `metadata["range"]`. Called by the configs' `__post_init__`."""
+    for name, (bounds, optional) in field_ranges(type(config)).items():
+        check_range(f"{type(config).__name__}.{name}", getattr(config, name), bounds, optional, error)
+
+
+def _allows_none(annotation) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
 
 
 def _allowed_types(annotation) -> tuple[type, ...] | None:
@@ -75,7 +208,9 @@ def field_specs(dataclass_types: Iterable[type]) -> dict[str, dict]:
     """
     What `check_values` and `check_flags` need of every init field of the dataclasses, as plain JSON data:
     `types` (names among bool, int, float, str, null; None where not checked), `choices` (from the field's
-    `metadata["choices"]` or a `Literal`), `list` (the field takes several values) and `default`.
+    `metadata["choices"]` or a `Literal`), `range` (its `metadata["range"]`, a `value_range`, or None), `owner` (the
+    class whose name the range error gives, as the config's own check does), `list` (the field takes several values)
+    and `default`.
     """
     specs = {}
     for dc in dataclass_types:
@@ -93,6 +228,8 @@ def field_specs(dataclass_types: Iterable[type]) -> dict[str, dict]:
             specs[f.name] = {
                 "types": None if allowed is None else [TYPE_NAMES[t] for t in allowed],
                 "choices": None if choices is None else [c for c in choices if c is not None],
+                "range": f.metadata.get("range"),
+                "owner": dc.__name__,
                 "list": _is_list(hints[f.name]),
                 "default": default,
             }
@@ -113,9 +250,19 @@ def _check_choice(where: str, value, spec: dict) -> None:
         )
 
 
+def _check_range(key: str, value, spec: dict, source: str | None = None) -> None:
+    """A value outside the field's range, with the message its config's own check gives (after `source: `)."""
+    if spec.get("range") is None:
+        return
+    optional = spec["types"] is None or "null" in spec["types"]
+    message = range_error(f"{spec['owner']}.{key}", value, spec["range"], optional)
+    if message is not None:
+        raise RecipeError(f"{source}: {message}" if source else message)
+
+
 def check_values(values: Mapping, specs: Mapping[str, dict], source: str) -> None:
     """Raise a `RecipeError` for a key no field has (naming the closest valid key), a value of the wrong type, or a
-    value outside a field's choices."""
+    value outside a field's choices or range."""
     for key, value in values.items():
         if key not in specs:
             raise RecipeError(
@@ -130,6 +277,7 @@ def check_values(values: Mapping, specs: Mapping[str, dict], source: str) -> Non
                 names = " or ".join(spec["types"])
                 raise RecipeError(f"{source}: key {key!r} must be {names}, got {value!r} ({type(value).__name__}).")
         _check_choice(f"{source}: key {key!r}", value, spec)
+        _check_range(key, value, spec, source)
 
 
 def check_recipe(recipe: dict, dataclass_types: Iterable[type], source: str) -> None:
@@ -192,7 +340,7 @@ def _convert(name: str, text: str, spec: dict):
 
 def check_flags(args: list[str], specs: Mapping[str, dict]) -> dict:
     """The `--field value` flags (no `--config`) as typed values; a `RecipeError` names an unknown flag (and the
-    closest valid one), a missing value, a value of the wrong type or outside the field's choices."""
+    closest valid one), a missing value, a value of the wrong type or outside the field's choices or range."""
     values, at = {}, 0
     while at < len(args):
         token = args[at]
@@ -222,6 +370,7 @@ def check_flags(args: list[str], specs: Mapping[str, dict]) -> dict:
         typed = [_convert(name, text, spec) for text in given]
         for value in typed:
             _check_choice(f"--{name}", value, spec)
+            _check_range(name, value, spec)
         values[name] = typed if spec["list"] else typed[0]
     return values
 
@@ -252,8 +401,7 @@ def command_specs(command: str) -> dict[str, dict] | None:
 
 def build_schema(commands_types: Mapping[str, tuple[str, Iterable[type]]]) -> dict:
     """The schema of `{command: (script module, dataclass types)}`: each command's fields and the package files they
-    come from (its script, the modules of its dataclasses and of their trl_robust bases, and `aggregation.py`, which
-    names the aggregations)."""
+    come from (its script, the modules of its dataclasses and of their trl_robust bases, and `VALUE_SOURCES`)."""
     import importlib
     import inspect
 
@@ -262,7 +410,7 @@ def build_schema(commands_types: Mapping[str, tuple[str, Iterable[type]]]) -> di
 
     commands = {}
     for command, (script, dataclass_types) in commands_types.items():
-        files = {"aggregation.py", relative(inspect.getsourcefile(importlib.import_module(script)))}
+        files = {*VALUE_SOURCES, relative(inspect.getsourcefile(importlib.import_module(script)))}
         for dc in dataclass_types:
             for cls in dc.__mro__:
                 if cls.__module__.startswith("trl_robust."):

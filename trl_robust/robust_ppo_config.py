@@ -6,6 +6,7 @@ from typing import Literal
 from trl.trainer.base_config import _BaseConfig
 
 from .config_utils import RobustRewardFields
+from .recipe_checks import ranged, value_range
 
 
 @dataclass
@@ -32,7 +33,9 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Number of processes to use for processing the dataset."}
     )
-    num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Number of minibatches to split a batch into.", **ranged(value_range(1))}
+    )
     total_episodes: int | None = field(
         default=None,
         metadata={
@@ -41,13 +44,19 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
         },
     )
     local_rollout_forward_batch_size: int = field(
-        default=64, metadata={"help": "Per-rank batch size of the no-grad forwards (and generation) of the rollout."}
+        default=64,
+        metadata={
+            "help": "Per-rank batch size of the no-grad forwards (and generation) of the rollout.",
+            **ranged(value_range(1)),
+        },
     )
     num_sample_generations: int = field(
         default=10,
         metadata={"help": "Number of times sample completions are generated and logged over training (0: never)."},
     )
-    response_length: int = field(default=53, metadata={"help": "Maximum number of generated tokens per response."})
+    response_length: int = field(
+        default=53, metadata={"help": "Maximum number of generated tokens per response.", **ranged(value_range(1))}
+    )
     stop_token: Literal["eos"] | None = field(
         default=None,
         metadata={"help": "'eos' stops responses at the tokenizer's EOS token; exclusive with stop_token_id."},
@@ -55,10 +64,19 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     stop_token_id: int | None = field(
         default=None, metadata={"help": "Token id that ends a response; exclusive with stop_token."}
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, used in rollout and training."})
+    temperature: float = field(
+        default=0.7,
+        metadata={
+            "help": "Sampling temperature, used in rollout and training.",
+            **ranged(value_range(0, low_inclusive=False)),
+        },
+    )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={"help": "Subtracted from the score of responses that never produce the stop token (>= 0)."},
+        metadata={
+            "help": "Subtracted from the score of responses that never produce the stop token (>= 0).",
+            **ranged(value_range(0)),
+        },
     )
     sft_model_path: str = field(
         default="EleutherAI/pythia-160m",
@@ -102,7 +120,9 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
         default=None,
         metadata={"help": "Adapter to use as the reference policy; None uses the base model (adapters disabled)."},
     )
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Number of epochs of PPO over each rollout."})
+    num_ppo_epochs: int = field(
+        default=4, metadata={"help": "Number of epochs of PPO over each rollout.", **ranged(value_range(1))}
+    )
     whiten_rewards: bool = field(default=False, metadata={"help": "Whether to whiten the per-token rewards."})
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (per token)."})
     kl_estimator: Literal["k1", "k3"] = field(
@@ -142,21 +162,24 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
         default=None,
         metadata={
             "help": "Learning rate of the value model (its own AdamW parameter group); None: learning_rate. Under "
-            "Adam, vf_coef barely changes the critic's step size: this does."
+            "Adam, vf_coef barely changes the critic's step size: this does.",
+            **ranged(value_range(0)),
         },
     )
     num_critic_warmup_updates: int = field(
         default=0,
         metadata={
             "help": "The first N updates train the value model only (value loss alone, the policy unchanged), on "
-            "rollouts of the initial policy, as OpenRLHF's freezing_actor_steps. They count in the run's updates."
+            "rollouts of the initial policy, as OpenRLHF's freezing_actor_steps. They count in the run's updates.",
+            **ranged(value_range(0)),
         },
     )
     num_samples_per_prompt: int = field(
         default=1,
         metadata={
             "help": "Answers sampled per prompt in a rollout; an update then answers batch_size / k prompts k times "
-            "(per_device_train_batch_size * gradient_accumulation_steps must be divisible by it)."
+            "(per_device_train_batch_size * gradient_accumulation_steps must be divisible by it).",
+            **ranged(value_range(1)),
         },
     )
     advantage_baseline: Literal["none", "prompt_mean", "prompt_loo"] = field(
@@ -175,7 +198,8 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             "them; every later score is then (score - their mean) / their std, so the rewards of the initial policy "
             "have mean 0 and std 1 (Ziegler et al. 2019; Huang et al. 2024's detail). 0: scores as the reward model "
             "gives them. The statistics are saved with checkpoints; objective/scores logs the normalised scores, "
-            "objective/raw_scores the reward model's."
+            "objective/raw_scores the reward model's.",
+            **ranged(value_range(0)),
         },
     )
     ds3_gather_for_generation: bool = field(
@@ -187,23 +211,16 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()  # RobustRewardFields: our bf16 default, the base checks, the aggregation's
+        # RobustRewardFields: our bf16 default, the base checks, the ranges of the fields' metadata, the aggregation's
+        super().__post_init__()
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("RobustPPOConfig: set stop_token or stop_token_id, not both.")
         if self.stop_token not in (None, "eos"):
             raise ValueError(f"RobustPPOConfig.stop_token must be None or 'eos', got {self.stop_token!r}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"RobustPPOConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
-        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
-            raise ValueError(f"RobustPPOConfig.missing_eos_penalty must be >= 0, got {self.missing_eos_penalty!r}.")
-        if self.temperature <= 0:
-            raise ValueError(f"RobustPPOConfig.temperature must be > 0, got {self.temperature!r}.")
         if self.value_head_init not in ("keep", "zero"):
             raise ValueError(f"RobustPPOConfig.value_head_init must be 'keep' or 'zero', got {self.value_head_init!r}.")
-        if self.reward_normalization_batches < 0:
-            raise ValueError(
-                f"RobustPPOConfig.reward_normalization_batches must be >= 0, got {self.reward_normalization_batches!r}."
-            )
         if self.advantage_baseline not in ("none", "prompt_mean", "prompt_loo"):
             raise ValueError(
                 "RobustPPOConfig.advantage_baseline must be 'none', 'prompt_mean' or 'prompt_loo', got "
@@ -213,12 +230,6 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             raise ValueError(
                 f"RobustPPOConfig.advantage_baseline={self.advantage_baseline!r} needs num_samples_per_prompt >= 2 "
                 f"(a baseline from the prompt's other answers), got {self.num_samples_per_prompt}."
-            )
-        if self.value_learning_rate is not None and self.value_learning_rate < 0:
-            raise ValueError(f"RobustPPOConfig.value_learning_rate must be >= 0, got {self.value_learning_rate!r}.")
-        if self.num_critic_warmup_updates < 0:
-            raise ValueError(
-                f"RobustPPOConfig.num_critic_warmup_updates must be >= 0, got {self.num_critic_warmup_updates!r}."
             )
         if not self.use_critic:
             for name, default in (
@@ -230,12 +241,3 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
                     raise ValueError(
                         f"RobustPPOConfig.{name} needs use_critic=True (there is no value model to train)."
                     )
-        for name in (
-            "num_mini_batches",
-            "num_ppo_epochs",
-            "response_length",
-            "local_rollout_forward_batch_size",
-            "num_samples_per_prompt",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RobustPPOConfig.{name} must be >= 1, got {getattr(self, name)!r}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .offline_models import all_minilm_l6_v2, smollm2_135m_instruct
-from .recipe_checks import RecipeError
+from .recipe_checks import RecipeError, check_field_ranges, ranged, value_range
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -63,15 +63,17 @@ class ScriptArguments:
         default="test",
         metadata={"help": "Split to evaluate on; 'none' on the command line (null in a recipe): no evaluation."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training rows.", **ranged(value_range(1))}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation rows.", **ranged(value_range(1))}
+    )
 
     def __post_init__(self):
         if isinstance(self.dataset_test_split, str) and self.dataset_test_split.lower() in NO_SPLIT:
             self.dataset_test_split = None  # `--dataset_test_split none` turns evaluation off, as `null` in a recipe
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1 (or unset for every row), got {getattr(self, name)!r}.")
+        check_field_ranges(self, RecipeError)  # the subclasses' ranged fields too (EvaluateArguments')
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from trl_robust.aggregation import check_robust_lambda
+from trl_robust.aggregation import PARAMETER_RANGES
+from trl_robust.configuration_brme import BRME_RANGES
 from trl_robust.evaluation import evaluate_reward_model
-from trl_robust.recipe_checks import RecipeError
+from trl_robust.recipe_checks import ranged, value_range
 from trl_robust.recipe_parser import RecipeParser
 from trl_robust.script_args import (
     ScriptArguments,
@@ -47,15 +48,26 @@ class EvaluateArguments(ScriptArguments):
         },
     )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where the report is written."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
-    max_length: int | None = field(default=None, metadata={"help": "Drop (and count) pairs longer than this."})
-    robust_lambda: float | None = field(
-        default=None, metadata={"help": "Nominal weight of the robust reward; the BRME's own when unset."}
+    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass.", **ranged(value_range(1))})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Drop (and count) pairs longer than this.", **ranged(value_range(1))}
     )
-    calibration_bins: int = field(default=10, metadata={"help": "Confidence bins of ECE and the reliability plot."})
+    robust_lambda: float | None = field(
+        default=None,
+        metadata={
+            "help": "Nominal weight of the robust reward; the BRME's own when unset.",
+            **ranged(PARAMETER_RANGES["robust_lambda"]),
+        },
+    )
+    calibration_bins: int = field(
+        default=10, metadata={"help": "Confidence bins of ECE and the reliability plot.", **ranged(value_range(1))}
+    )
     temperature: float | None = field(
         default=None,
-        metadata={"help": "Temperature of calibrated_ece; the BRME's config.calibration_temperature when unset."},
+        metadata={
+            "help": "Temperature of calibrated_ece; the BRME's config.calibration_temperature when unset.",
+            **ranged(BRME_RANGES["calibration_temperature"]),
+        },
     )
     exploits: bool | None = field(
         default=None,
@@ -76,19 +88,6 @@ class EvaluateArguments(ScriptArguments):
         default=256, metadata={"help": "Chosen answers (first kept pairs) that exploits are made from; all when unset."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("batch_size", "calibration_bins"):
-            if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
-        if self.max_length is not None and self.max_length < 1:
-            raise RecipeError(f"max_length must be >= 1 (or unset), got {self.max_length!r}.")
-        if self.robust_lambda is not None:
-            try:
-                check_robust_lambda(self.robust_lambda)  # the one range check of lambda
-            except ValueError as error:
-                raise RecipeError(str(error)) from None
 
 
 def make_parser() -> RecipeParser:
