@@ -118,3 +118,40 @@ def test_bad_settings_are_refused(kwargs, match):
     kwargs = {"reference_epistemic": [0.0, 1.0], **kwargs}
     with pytest.raises(ValueError, match=match):
         HackingMonitor(**kwargs)
+
+
+def test_distinct_bigram_ratio_by_hand():
+    from trl_robust.monitor import distinct_bigram_ratio, masked_token_lists
+
+    # [1 2 3 4]: 3 bigrams, all distinct; [7 7 7 7 7]: 4 bigrams, one distinct; [5 6 5 6 5]: (5,6) (6,5) twice each
+    ratios = distinct_bigram_ratio([[1, 2, 3, 4], [7, 7, 7, 7, 7], [5, 6, 5, 6, 5], [9, 9]])
+    assert ratios.tolist() == pytest.approx([1.0, 0.25, 0.5, 1.0])  # 2 tokens: no bigram can repeat
+    ids, mask = torch.tensor([[1, 2, 0], [3, 3, 3]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert masked_token_lists(ids, mask) == [[1, 2], [3, 3, 3]]
+
+
+def test_repetition_alarm_against_the_first_window():
+    """The first full window (2 updates of 4 answers) is the reference, 1.0. Answers at 0.9 (a drop of 10%) stay above
+    the line 1 - repetition_drop = 0.8; answers at 0.5 take the window's mean to 0.7, then 0.5, and the alarm comes on
+    the second update in a row under the line (`patience` 2)."""
+    monitor = HackingMonitor([0.0, 1.0], window=8, patience=2, repetition_drop=0.2)
+    inside = scores_with_epistemic([0.1] * 4)  # epistemic never out: only repetition can alarm
+    first = monitor.observe(*inside, 1, distinct=torch.ones(4))
+    assert first["monitor/distinct_2"] == 1.0 and "monitor/distinct_2_ratio" not in first  # window not full yet
+    assert monitor.observe(*inside, 2, distinct=torch.ones(4))["monitor/distinct_2_ratio"] == 1.0
+    assert monitor.distinct_reference == 1.0
+    for step in (3, 4, 5):
+        assert monitor.observe(*inside, step, distinct=torch.full((4,), 0.9))["monitor/alarm"] == 0.0
+    drop = monitor.observe(*inside, 6, distinct=torch.full((4,), 0.5))  # window: 4 x 0.9, 4 x 0.5 -> 0.7
+    assert drop["monitor/distinct_2_ratio"] == pytest.approx(0.7) and drop["monitor/alarm"] == 0.0  # 1 of 2 updates
+    alarm = monitor.observe(*inside, 7, distinct=torch.full((4,), 0.5))
+    assert alarm["monitor/alarm"] == 1.0 and monitor.first_alarm_step == 7 and monitor.alarm_reason == "repetition"
+
+    off = HackingMonitor([0.0, 1.0], window=4, patience=1, repetition_drop=None)
+    off.observe(*inside, 1, distinct=torch.ones(4))
+    assert off.observe(*inside, 2, distinct=torch.zeros(4))["monitor/alarm"] == 0.0  # the signal is off
+    # without the answers' tokens the repetition metrics are absent, the rest as before
+    assert "monitor/distinct_2" not in HackingMonitor([0.0, 1.0]).observe(*inside, 1)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="repetition_drop must be in"):
+            HackingMonitor([0.0, 1.0], repetition_drop=bad)

@@ -274,6 +274,10 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
             assert r["monitor_frac_out"] == r["monitor_first_alarm"] == ""
         else:
             assert float(r["monitor_frac_out"]) == (0.0 if r["step"] == "0" else 1.0)
+            # the repetition reference is the first full window (after update 1): then the ratio is 1 by definition
+            assert math.isnan(float(r["monitor_distinct_ratio"])) if r["step"] == "0" else r["monitor_distinct_ratio"]
+            if r["step"] == "1":
+                assert float(r["monitor_distinct_ratio"]) == 1.0
     assert {r["method"]: r["first_alarm"] for r in csv.DictReader((out / "runs.csv").open())} == {
         "ppo": "2.0",
         "grpo": "2.0",

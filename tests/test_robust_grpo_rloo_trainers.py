@@ -277,15 +277,23 @@ def test_deepspeed_runs_and_saves(kind, tmp_path, brme_dir, policy_dir, stage):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_hacking_monitor_logs_and_stops_at_its_alarm(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir):
+def test_hacking_monitor_logs_and_stops_at_its_alarm(kind, tmp_path, smol_tokenizer, policy_dir, brme_dir, monkeypatch):
     """The monitor reads the scores the trainer computed: with a reference so narrow that every sample is out of it,
-    the window of 16 (two steps of 8 completions) fills at step 2 and, with patience 1, the alarm stops the run."""
+    the window of 16 (two steps of 8 completions) fills at step 2 and, with patience 1, the alarm stops the run. It
+    also gets the completions' token ids, for their repetition."""
+    import trl_robust.brme_rewards_mixin as mixin
+
     monitor = HackingMonitor([0.0, 1e-9], window=16, patience=1, action="stop")
     trainer = make_trainer(kind, tmp_path, smol_tokenizer, str(policy_dir), str(brme_dir), max_steps=6)
     trainer.add_callback(monitor)
     scores = capture_scores(trainer)
+    seen, ratio = [], mixin.distinct_bigram_ratio
+    monkeypatch.setattr(mixin, "distinct_bigram_ratio", lambda ids: seen.append(ids) or ratio(ids))
     trainer.train()
     logs = step_logs(trainer)
+    for ids, score, entry in zip(seen, scores, logs, strict=True):  # the completions that were scored
+        assert len(ids) == len(score.means) == 8 and all(isinstance(t, int) for row in ids for t in row)
+        assert entry["monitor/distinct_2"] == pytest.approx(ratio(ids).mean().item())
     assert monitor.first_alarm_step == 2 and trainer.state.global_step == 2
     assert [entry["monitor/alarm"] for entry in logs] == [0.0, 1.0]
     for score, entry in zip(scores, logs, strict=True):

@@ -644,6 +644,9 @@ def test_hacking_monitor_reads_the_rollout_scores_and_stops_the_run(tmp_path, sm
     assert log["monitor/alarm"] == 1.0 and log["monitor/frac_out"] == 1.0
     assert log["monitor/epistemic"] == pytest.approx(torch.tensor(MEANS).std(unbiased=False).item(), abs=1e-5)
     assert "monitor/gap" not in log  # no reference gap given: not tracked
+    # the answers' repetition, from the rollout's real response tokens (at most response_length of them)
+    assert 0.0 < log["monitor/distinct_2"] <= 1.0 and "monitor/distinct_2_ratio" in log  # window full: a reference
+    assert monitor.distinct_reference == pytest.approx(log["monitor/distinct_2"])
 
 
 # --------------------------------------------------------------------------------------------------------------------

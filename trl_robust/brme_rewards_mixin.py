@@ -13,7 +13,7 @@ from trl.trainer.utils import get_config_model_id
 from .aggregation import Aggregation
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
-from .monitor import monitor_metrics
+from .monitor import distinct_bigram_ratio, monitor_metrics
 from .scoring import BRMEScorer, BRMEScores
 from .validation import check_finite_scores
 
@@ -169,7 +169,9 @@ class BRMERewardsMixin:
                 self._metrics[mode][f"{prefix}/{key}"].append(value)
             if mode == "train" and i == self._brme_indices[0]:  # a HackingMonitor follows the first BRME column
                 step = self.state.global_step + 1  # the update these samples train
-                for key, value in monitor_metrics(self.callback_handler.callbacks, means, stds, step).items():
+                distinct = self.accelerator.gather(distinct_bigram_ratio(completion_ids_list).to(means.device))
+                monitored = monitor_metrics(self.callback_handler.callbacks, means, stds, step, distinct)
+                for key, value in monitored.items():
                     self._metrics[mode][key].append(value)
         return rewards_per_func
 

@@ -63,6 +63,7 @@ CURVE_FIELDS = [
     "proxy_std",
     "proxy_epistemic",
     "monitor_frac_out",
+    "monitor_distinct_ratio",
     "monitor_first_alarm",
 ]
 # Answers of the initial policy the HackingMonitor's reference quantiles are fitted on (RL training prompts).
@@ -436,7 +437,8 @@ def run_rl(
     `config_overrides` are fields of the method's config (RobustPPOConfig / RobustGRPOConfig) that win over the
     harness's (e.g. a benchmark's PPO arm). With `monitor_reference` (epistemic, gap; see `monitor_reference()`), a
     `HackingMonitor` (`config.monitor_window` samples) watches the run, and each row records the fraction of its
-    window out of the reference and the update of its first alarm (NaN before it)."""
+    window out of the reference, its answers' distinct-bigram ratio over the first window's, and the update of its
+    first alarm (NaN before it)."""
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
     from .robust_ppo_config import RobustPPOConfig
@@ -514,8 +516,10 @@ def run_rl(
     def monitor_state() -> dict[str, float]:
         if monitor is None:
             return {}
+        reference = monitor.distinct_reference
         return {
             "monitor_frac_out": monitor.window_fraction("epistemic"),
+            "monitor_distinct_ratio": math.nan if reference is None else monitor.distinct_window_mean() / reference,
             "monitor_first_alarm": math.nan if monitor.first_alarm_step is None else float(monitor.first_alarm_step),
         }
 
