@@ -33,7 +33,9 @@ from trl_robust.script_args import resolve_model
 # RobustPPOConfig fields of each PPO arm, on top of the harness's PPO block in `overoptimization.run_rl`
 # (num_ppo_epochs from the harness config, kl_coef, response_length, the learning rate).
 PPO_ARMS: dict[str, dict] = {
-    "ppo": {},  # the trainer's defaults: a critic from the policy with a random head, one answer per prompt
+    # the trainer's defaults (TRL 1.12's): a critic from the policy with a random head, one answer per prompt, and the
+    # harness's earlier 2 epochs (it now zeroes such a head and takes 1 epoch: the `ppo_zero_head` arm)
+    "ppo": {"value_head_init": "keep", "num_ppo_epochs": 2},
     "ppo_zero_head": {"value_head_init": "zero", "num_ppo_epochs": 1},
     "ppo_critic_free": {"use_critic": False, "num_ppo_epochs": 1},
     # the zero-head critic with scores normalised on 4 batches of the initial policy's answers (Huang et al.'s detail)

@@ -468,8 +468,12 @@ def run_rl(
     )
     set_seed(seed)
     if method == "ppo":
+        models = load_ppo_models(policy_path, str(proxy_dir))
         fields = dict(
             **common,
+            # a value model started from the policy (the proxy reads another tokenizer) has a random head: zeroed, GAE
+            # starts from the returns (docs/benchmarks.md: it learned as GRPO did where the random head did not)
+            value_head_init="keep" if models["reward_processing_class"] is None else "zero",
             local_rollout_forward_batch_size=config.rl_batch_size,
             total_episodes=episodes,
             num_ppo_epochs=config.num_ppo_epochs,
@@ -479,7 +483,7 @@ def run_rl(
             num_sample_generations=0,
         ) | dict(config_overrides or {})
         args = RobustPPOConfig(**fields)
-        trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **load_ppo_models(policy_path, str(proxy_dir)))
+        trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **models)
 
         def policy() -> nn.Module:
             return trainer.accelerator.unwrap_model(trainer.model).policy
