@@ -49,6 +49,14 @@ PPO_ARMS: dict[str, dict] = {
         "advantage_baseline": "prompt_mean",
         "num_ppo_epochs": 1,
     },
+    # ... and each score also divided by its prompt's std, as GRPO's scale_rewards="group": GRPO's advantages in PPO
+    "ppo_group_std": {
+        "use_critic": False,
+        "num_samples_per_prompt": 4,
+        "advantage_baseline": "prompt_mean",
+        "scale_by_prompt_std": True,
+        "num_ppo_epochs": 1,
+    },
     "ppo_group_critic": {
         "value_head_init": "zero",
         "num_samples_per_prompt": 4,

@@ -221,6 +221,17 @@ def group_baseline(scores: torch.Tensor, group_size: int, kind: str) -> torch.Te
     raise ValueError(f"advantage_baseline must be 'none', 'prompt_mean' or 'prompt_loo', got {kind!r}.")
 
 
+def group_std(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For each score, the std of its prompt's `group_size` scores (consecutive rows; unbiased, as GRPO's
+    `scale_rewards="group"` takes it): `sigma_i = sqrt(sum_{j in g(i)} (s_j - mean)^2 / (k - 1))`."""
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(
+            f"{scores.shape[0]} scores do not split into groups of num_samples_per_prompt={group_size} >= 2."
+        )
+    groups = scores.view(-1, group_size)
+    return groups.std(1, keepdim=True).expand_as(groups).reshape(-1)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Diagnostics
 # --------------------------------------------------------------------------------------------------------------------

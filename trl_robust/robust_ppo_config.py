@@ -202,6 +202,14 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             **ranged(value_range(0)),
         },
     )
+    scale_by_prompt_std: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide each score, after advantage_baseline, by the std of its prompt's scores (+ 1e-4), as "
+            "GRPO's scale_rewards='group' does: every prompt's answers then weigh alike, however close their scores. "
+            "Needs num_samples_per_prompt >= 2."
+        },
+    )
     ds3_gather_for_generation: bool = field(
         default=True,
         metadata={
@@ -230,6 +238,11 @@ class RobustPPOConfig(RobustRewardFields, _BaseConfig):
             raise ValueError(
                 f"RobustPPOConfig.advantage_baseline={self.advantage_baseline!r} needs num_samples_per_prompt >= 2 "
                 f"(a baseline from the prompt's other answers), got {self.num_samples_per_prompt}."
+            )
+        if self.scale_by_prompt_std and self.num_samples_per_prompt < 2:
+            raise ValueError(
+                "RobustPPOConfig.scale_by_prompt_std needs num_samples_per_prompt >= 2 (a std of the prompt's "
+                f"answers), got {self.num_samples_per_prompt}."
             )
         if not self.use_critic:
             for name, default in (

@@ -55,6 +55,7 @@ from .ppo_utils import (
     entropy_from_logits,
     explained_variance,
     group_baseline,
+    group_std,
     kl_penalty,
     last_real_index,
     lengths_to_mask,
@@ -798,8 +799,10 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         scores = apply_missing_stop_penalty(scores, has_stop, args.missing_eos_penalty)
         kl = kl_penalty(logprobs, ref_logprobs, args.kl_estimator) * response_mask
         # The per-prompt baseline comes off the score only: the KL part of the reward is each answer's own.
-        baseline = group_baseline(scores, self.batch_sizes.num_samples_per_prompt, args.advantage_baseline)
-        rewards, non_score_rewards = compute_rewards(kl, scores - baseline, lengths, args.kl_coef)
+        centred = scores - group_baseline(scores, self.batch_sizes.num_samples_per_prompt, args.advantage_baseline)
+        if args.scale_by_prompt_std:  # GRPO's scale_rewards="group"; its 1e-4 keeps a tied group finite
+            centred = centred / (group_std(scores, self.batch_sizes.num_samples_per_prompt) + 1e-4)
+        rewards, non_score_rewards = compute_rewards(kl, centred, lengths, args.kl_coef)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, response_mask, shift_mean=False) * response_mask
         if values is None:  # critic-free: the reward-to-go, whose batch mean the whitening below takes off
