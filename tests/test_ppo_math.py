@@ -16,6 +16,7 @@ from trl_robust.ppo_utils import (
     entropy_from_logits,
     explained_variance,
     group_baseline,
+    group_std,
     kl_penalty,
     last_real_index,
     lengths_to_mask,
@@ -154,6 +155,10 @@ def test_group_baselines_by_hand():
         group_baseline(scores, 4, "prompt_mean")
     with pytest.raises(ValueError, match="advantage_baseline"):
         group_baseline(scores, 3, "median")
+    # GRPO's scale: each prompt's unbiased std, sqrt(((1-2)^2 + (3-2)^2 + 0) / 2) = 1; sqrt((9 + 1 + 4) / 2) = sqrt(7)
+    assert group_std(scores, 3).tolist() == pytest.approx([1.0] * 3 + [7**0.5] * 3)
+    with pytest.raises(ValueError, match="num_samples_per_prompt=1 >= 2"):
+        group_std(scores, 1)
 
 
 def test_explained_variance_and_correlation_by_hand():
@@ -270,6 +275,7 @@ def test_config_validation_names_the_field():
         (dict(advantage_baseline="prompt_mean"), "advantage_baseline"),
         (dict(advantage_baseline="median", num_samples_per_prompt=2), "advantage_baseline"),
         (dict(value_head_init="random"), "value_head_init"),
+        (dict(scale_by_prompt_std=True), "scale_by_prompt_std"),
         (dict(value_learning_rate=-1.0), "value_learning_rate"),
         (dict(num_critic_warmup_updates=-1), "num_critic_warmup_updates"),
         (dict(use_critic=False, num_critic_warmup_updates=2), "num_critic_warmup_updates"),

@@ -779,6 +779,26 @@ def test_critic_free_group_baseline_centres_each_prompts_scores_and_learns(tmp_p
     assert "val/advantage_score_corr" in log and "val/explained_variance" not in log and "loss/value_avg" not in log
 
 
+def test_scale_by_prompt_std_divides_each_centred_score_by_its_prompts_std(tmp_path, smol_tokenizer):
+    trainer = build_trainer(
+        tmp_path,
+        smol_tokenizer,
+        total_episodes=8,
+        use_critic=False,
+        num_samples_per_prompt=4,
+        advantage_baseline="prompt_mean",
+        scale_by_prompt_std=True,
+    )
+    queries, query_mask = trainer._prompt_batch(0)
+    trainer.model.eval()
+    batch = trainer._rollout(queries, query_mask)
+    scores = batch["scores"].view(2, 4)  # the logged scores stay the raw ones
+    scaled = ((scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-4)).reshape(-1)
+    kl_part = (-trainer.args.kl_coef * batch["kl"]).sum(1)
+    assert scores.std(1).min() > 0.01 and (scores.std(1) - 1).abs().max() > 0.05  # the scaling has an effect here
+    assert torch.allclose(batch["returns"][:, 0], scaled + kl_part, atol=1e-4)
+
+
 def train_preference_rm(tokenizer, seed=0, steps=150):
     """A reward model LEARNED from preferences (no hand-set weights): a random tiny Llama trained with the
     Bradley-Terry loss on pairs of candidate-token responses, the one with more TARGET tokens preferred."""
