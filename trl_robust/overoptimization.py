@@ -471,9 +471,6 @@ def run_rl(
         models = load_ppo_models(policy_path, str(proxy_dir))
         fields = dict(
             **common,
-            # a value model started from the policy (the proxy reads another tokenizer) has a random head: zeroed, GAE
-            # starts from the returns (docs/benchmarks.md: it learned as GRPO did where the random head did not)
-            value_head_init="keep" if models["reward_processing_class"] is None else "zero",
             local_rollout_forward_batch_size=config.rl_batch_size,
             total_episodes=episodes,
             num_ppo_epochs=config.num_ppo_epochs,
@@ -482,6 +479,11 @@ def run_rl(
             kl_coef=config.kl_coef,
             num_sample_generations=0,
         ) | dict(config_overrides or {})
+        # A value model started from the policy (the proxy reads another tokenizer) has a random head: zeroed, GAE
+        # starts from the returns (docs/benchmarks.md: it learned as GRPO did where the random head did not). Not for
+        # a critic-free run (no value model) nor where the overrides choose.
+        if fields.get("use_critic", True) and models["reward_processing_class"] is not None:
+            fields.setdefault("value_head_init", "zero")
         args = RobustPPOConfig(**fields)
         trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **models)
 
@@ -692,19 +694,22 @@ def plot_runs(table_rows: list[dict], rows: list[dict], path: Path, title: str) 
     methods = list(dict.fromkeys(r["method"] for r in table_rows))
     settings = list(dict.fromkeys(r["setting"] for r in table_rows))
     colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    seeds = sorted({r["seed"] for r in table_rows})
+    fig, axes = plt.subplots(1, len(methods), figsize=(max(7.5, 5.5 * len(methods)), 4.5), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         for run in (r for r in table_rows if r["method"] == method):
-            colour = colours(settings.index(run["setting"]) % 10)
+            colour = colours(settings.index(run["setting"]) % 10)  # a colour per setting, a line style per seed
+            style = ("-", "--", "-.", ":")[seeds.index(run["seed"]) % 4]
             curve = sorted(
                 (r for r in rows if (r["method"], r["setting"], r["seed"]) == (method, run["setting"], run["seed"])),
                 key=lambda r: r["step"],
             )
             label = f"{run['setting']} (seed {run['seed']})"
-            ax.plot([r["step"] for r in curve], [r["gold"] for r in curve], marker="o", ms=3, color=colour, label=label)
+            steps, gold = [r["step"] for r in curve], [r["gold"] for r in curve]
+            ax.plot(steps, gold, style, marker="o", ms=3, color=colour, label=label)
             if not math.isnan(run["first_alarm"]):
-                ax.axvline(run["first_alarm"], color=colour, linestyle=":", alpha=0.8)
-        ax.set_title(f"{method.upper()}: gold reward (dotted: monitor's first alarm)")
+                ax.axvline(run["first_alarm"], color=colour, linestyle=style, alpha=0.5, lw=3)
+        ax.set_title(f"{method.upper()}: gold reward (vertical line: the monitor's first alarm)", fontsize=10)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

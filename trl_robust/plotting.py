@@ -1,5 +1,6 @@
 """Training curves as PNG: people would rather look than read."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -10,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(fig, path: str | Path, title: str | None = None) -> Path:
     """Title `fig` (when given), lay it out, write it to `path` as PNG (making its folder) and free it."""
-    if title is not None:
-        fig.suptitle(title)
+    if title is not None:  # wrapped: a one-panel figure is narrower than a long title
+        fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
