@@ -13,7 +13,7 @@ from trl.trainer.utils import get_config_model_id
 from .aggregation import Aggregation
 from .configuration_brme import BRMEConfig
 from .modeling_brme import BRMERewardModel
-from .monitor import distinct_bigram_ratio, monitor_metrics
+from .monitor import distinct_bigram_ratio, monitor_metrics, watched
 from .scoring import BRMEScorer, BRMEScores
 from .validation import check_finite_scores
 
@@ -167,7 +167,8 @@ class BRMERewardsMixin:
             names = (*self.LOGGED_AGGREGATIONS, aggregation.name)
             for key, value in aggregation.head_metrics(means, stds, names).items():
                 self._metrics[mode][f"{prefix}/{key}"].append(value)
-            if mode == "train" and i == self._brme_indices[0]:  # a HackingMonitor follows the first BRME column
+            # a HackingMonitor follows the first BRME column (all ranks have the same callbacks: gather is collective)
+            if mode == "train" and i == self._brme_indices[0] and watched(self.callback_handler.callbacks):
                 step = self.state.global_step + 1  # the update these samples train
                 distinct = self.accelerator.gather(distinct_bigram_ratio(completion_ids_list).to(means.device))
                 monitored = monitor_metrics(self.callback_handler.callbacks, means, stds, step, distinct)

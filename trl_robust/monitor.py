@@ -284,6 +284,11 @@ class HackingMonitor(TrainerCallback):
         return control
 
 
+def watched(callbacks) -> bool:
+    """Whether a `HackingMonitor` is among the callbacks (the trainers then also compute what only it reads)."""
+    return any(isinstance(callback, HackingMonitor) for callback in callbacks)
+
+
 def monitor_metrics(
     callbacks, means: torch.Tensor, stds: torch.Tensor, step: int, distinct: torch.Tensor | None = None
 ) -> dict[str, float]:

@@ -44,7 +44,7 @@ from .checkpointing import atomic_checkpoint
 from .fsdp import layer_classes_to_wrap, root_unsharded
 from .model_card import RobustModelCardMixin, write_model_card
 from .modeling_brme import BRMEHeads, BRMERewardModel
-from .monitor import distinct_bigram_ratio, masked_token_lists, monitor_metrics
+from .monitor import distinct_bigram_ratio, masked_token_lists, monitor_metrics, watched
 from .ppo_utils import (
     PPOBatchSizes,
     apply_missing_stop_penalty,
@@ -987,11 +987,12 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             means, stds = gather(batch["means"]), gather(batch["stds"])
             metrics.update(self._robust_metrics(means, stds))
             # every update, logged or not: a HackingMonitor's window follows every rollout
-            answers = masked_token_lists(batch["responses"], batch["response_mask"])
-            distinct = gather(distinct_bigram_ratio(answers).to(means.device))
-            metrics.update(
-                monitor_metrics(self.callback_handler.callbacks, means, stds, self.state.global_step, distinct)
-            )
+            if watched(self.callback_handler.callbacks):  # the same callbacks on every rank: the gather is collective
+                answers = masked_token_lists(batch["responses"], batch["response_mask"])
+                distinct = gather(distinct_bigram_ratio(answers).to(means.device))
+                metrics.update(
+                    monitor_metrics(self.callback_handler.callbacks, means, stds, self.state.global_step, distinct)
+                )
         return metrics
 
     def _critic_metrics(self, batch: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> dict[str, float]:
