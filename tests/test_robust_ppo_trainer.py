@@ -705,6 +705,8 @@ def test_a_zero_value_head_gives_advantages_equal_to_the_discounted_returns(tmp_
     batch = trainer._rollout(queries, query_mask)
     mask = batch["response_mask"]
     assert not batch["values"].any()
+    # the rollout keeps no graph but the first epoch's forward: the policy loss must not reach the critic through A
+    assert not any(batch[k].requires_grad for k in ("advantages", "returns", "values", "scores", "logprobs"))
     rewards, _ = compute_rewards(batch["kl"], batch["scores"], mask.sum(1), trainer.args.kl_coef)
     expected = discounted_returns(rewards, mask, 0.9 * 0.8)
     assert torch.allclose(batch["raw_advantages"], expected, atol=1e-6)

@@ -762,6 +762,7 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             )
         return scores.mean().item(), scores.std().clamp_min(1e-6).item()
 
+    @torch.no_grad()  # only `_old_logprobs_and_values` keeps a graph (the first epoch's forward), on purpose
     def _rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, Any]:
         """Generate, truncate, score, and compute the per-token rewards, advantages and returns of one batch."""
         args = self.args
