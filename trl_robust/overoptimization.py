@@ -18,7 +18,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -282,6 +283,15 @@ def train_proxy(train_rows: list[dict], eval_rows: list[dict], config: OverOptim
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def seeded_sampling(seed: int) -> Iterator[None]:
+    """Random draws from `seed` inside a forked random state (CPU, and the current GPU when there is one), so that
+    measuring leaves the training runs' random streams as they were."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        yield
+
+
 class PolicyJudge:
     """Gold reward, proxy reward (each aggregation) and KL to the initial policy of fresh answers to fixed prompts.
     Sampling uses its own fixed seed inside `torch.random.fork_rng`, so measuring never changes a run's random
@@ -303,8 +313,7 @@ class PolicyJudge:
     def __call__(self, policy: nn.Module, setting: str, seed: int) -> dict[str, float]:
         was_training = policy.training
         policy.eval()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-            torch.manual_seed(10_000 + seed)
+        with seeded_sampling(10_000 + seed):
             batches = sample_in_batches(policy, self.tokenizer, self.prompts, self.config)
         kl = torch.cat(
             [
@@ -402,8 +411,7 @@ def monitor_reference(
     """The proxy's epistemic uncertainty and nominal-minus-worst gap on fresh answers of the initial policy to
     `prompts`: the region the proxy knows (it learned from that policy's answers), which `HackingMonitor` fits its
     reference quantiles on. Sampled under a fixed seed in `fork_rng`, so it leaves the runs' random streams alone."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(config.proxy_seed + 20_000)
+    with seeded_sampling(config.proxy_seed + 20_000):
         texts = [text for a in sample_in_batches(reference, tokenizer, prompts, config) for text in a.texts]
     scores = proxy.score(prompts, texts)
     return epistemic_uncertainty(scores.means).cpu(), nominal_minus_worst(scores.means, scores.stds).cpu()
