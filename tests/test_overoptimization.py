@@ -15,6 +15,8 @@ from trl_robust.gold_scorers import RewardModelGold, VaderGold, load_gold_scorer
 from trl_robust.overoptimization import (
     best_of_n_kl,
     best_of_n_rows,
+    describe_runs,
+    evaluation_noise,
     label_pairs,
     per_run,
     per_run_markdown,
@@ -136,6 +138,32 @@ def test_per_run_table_peak_drop_and_first_alarm_against_the_peak():
     markdown = per_run_markdown([nominal, robust])
     assert "| grpo | nominal | 0 | 0.100 | 0.500 (10) | 0.100 | 0.400 (80%) | 5.00 | 2.000 | 5 |" in markdown
     assert markdown.splitlines()[-1].endswith("| - |")
+
+    # One sentence per run. Nominal fell 0.4 with a gold noise std of 0.05 (limit 0.15) while its proxy rose 1.0 -> 2.0.
+    hacked, rising = describe_runs([nominal, robust], gold_noise=0.05)
+    assert "peak of 0.500 at update 10 and ended at 0.100, 80% below its peak" in hacked
+    assert (
+        "rose from 1.000 to 2.000: reward hacking" in hacked and "alarmed at update 5, before the gold peak" in hacked
+    )
+    assert "no drop beyond the evaluation noise (std 0.050)" in rising and rising.endswith("did not alarm.")
+    # the same drop inside the noise (limit 3 x 0.2 = 0.6) is not called a drop; an alarm after the peak says so
+    (noisy,) = describe_runs(late, gold_noise=0.2)
+    assert "no drop beyond" in noisy and "reward hacking" not in noisy and "15, after the gold peak" in noisy
+    # gold down with the proxy down too is a drop, not hacking
+    (down,) = describe_runs([{**nominal, "final_proxy": 0.5}], gold_noise=0.05)
+    assert "80% below its peak" in down and "hacking" not in down
+
+
+def test_evaluation_noise_is_the_std_over_sampling_seeds_of_one_policy():
+    seen = []
+
+    def judge(policy, setting, seed):
+        seen.append((policy, setting, seed))
+        return {"gold": float(seed), "proxy": 2.0 * seed}
+
+    noise = evaluation_noise(judge, "policy", "nominal", draws=3)
+    assert seen == [("policy", "nominal", 100), ("policy", "nominal", 101), ("policy", "nominal", 102)]
+    assert noise == {"gold": pytest.approx(1.0), "proxy": pytest.approx(2.0)}  # std (ddof 1) of 100, 101, 102
 
 
 def test_sequence_logprobs_is_the_sum_of_masked_token_logprobs(smol_tokenizer):
@@ -282,7 +310,10 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
         "ppo": "2.0",
         "grpo": "2.0",
     }
-    assert (out / "runs.md").read_text().count("\n") == 2 + 4
+    # runs.md: the table, then one sentence per run measured against the evaluation noise (3 judge draws)
+    assert result["evaluation_noise"]["gold"] >= 0 and set(result["evaluation_noise"]) == {"gold", "proxy"}
+    runs_md = (out / "runs.md").read_text().splitlines()
+    assert len(runs_md) == 2 + 4 + 1 + 4 and sum(line.startswith("- GRPO nominal (seed 0)") for line in runs_md) == 1
     assert (out / "gold_by_update.png").stat().st_size > 10_000
     assert (out / "gold_vs_sqrt_kl.png").stat().st_size > 10_000
     assert (out / "proxy" / "model.safetensors").exists()

@@ -617,12 +617,52 @@ def per_run(rows: list[dict]) -> list[dict]:
                 "drop_fraction": (peak["gold"] - final["gold"]) / max(abs(peak["gold"]), 1e-12),
                 "kl_at_peak": peak["kl"],
                 "final_kl": final["kl"],
+                "proxy_at_peak": peak["proxy"],
                 "final_proxy": final["proxy"],
                 "first_alarm": alarm,
                 "alarm_by_peak": None if math.isnan(alarm) else alarm <= peak["step"],
             }
         )
     return table
+
+
+def evaluation_noise(judge: "PolicyJudge", policy: nn.Module, setting: str, draws: int = 3) -> dict[str, float]:
+    """The standard deviation of gold and of proxy over `draws` measurements of one policy with different sampling
+    seeds (judge seeds 100, 101, ..., apart from the runs' 0, 1, ...): how far a point of a curve moves by chance."""
+    measured = [judge(policy, setting, 100 + i) for i in range(draws)]
+    return {key: float(np.std([m[key] for m in measured], ddof=1)) for key in ("gold", "proxy")}
+
+
+def describe_runs(table: list[dict], gold_noise: float) -> list[str]:
+    """
+    One sentence per RL run of `per_run`'s table: where its gold peaked and ended, whether the drop is beyond the
+    evaluation noise (more than 3 x `gold_noise`, the std of one policy's gold measured several times), whether the
+    proxy it optimised rose meanwhile (gold down, proxy up: reward hacking), and the monitor's first alarm.
+    """
+    sentences = []
+    for r in table:
+        text = (
+            f"{r['method'].upper()} {r['setting']} (seed {r['seed']}): gold went from {r['start_gold']:.3f} to a peak "
+            f"of {r['peak_gold']:.3f} at update {r['peak_step']:.0f} and ended at {r['final_gold']:.3f}"
+        )
+        if r["drop_from_peak"] > 3 * gold_noise:
+            text += (
+                f", {100 * r['drop_fraction']:.0f}% below its peak (beyond the evaluation noise, std {gold_noise:.3f})"
+            )
+            if r["final_proxy"] > r["proxy_at_peak"]:
+                text += (
+                    f", while the proxy it optimised rose from {r['proxy_at_peak']:.3f} to {r['final_proxy']:.3f}: "
+                    "reward hacking"
+                )
+        else:
+            text += f", no drop beyond the evaluation noise (std {gold_noise:.3f})"
+        if math.isnan(r["first_alarm"]):
+            text += "; the monitor did not alarm."
+        else:
+            when = "before" if r["first_alarm"] < r["peak_step"] else "at" if r["alarm_by_peak"] else "after"
+            text += f"; the monitor first alarmed at update {r['first_alarm']:.0f}, {when} the gold peak."
+        sentences.append(text)
+    return sentences
 
 
 def per_run_markdown(table: list[dict]) -> str:
@@ -724,9 +764,12 @@ def plot_runs(table_rows: list[dict], rows: list[dict], path: Path, title: str) 
     return save_figure(fig, path, title)
 
 
-def write_report(rows: list[dict], out: Path, title: str) -> tuple[list[dict], str, Path]:
+def write_report(
+    rows: list[dict], out: Path, title: str, gold_noise: float | None = None
+) -> tuple[list[dict], str, Path]:
     """`curves.csv`, `summary.csv`, `summary.md` and `gold_vs_sqrt_kl.png` of some curve rows, in `out`; with RL runs
-    among them also `runs.csv`, `runs.md` (one row per run: peak, drop, first alarm) and `gold_by_update.png`."""
+    among them also `runs.csv`, `runs.md` (one row per run: peak, drop, first alarm; with `gold_noise`, the evaluation
+    noise's std, a sentence per run from `describe_runs`) and `gold_by_update.png`."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "curves.csv", CURVE_FIELDS)
     summary = summarize(rows)
@@ -736,8 +779,11 @@ def write_report(rows: list[dict], out: Path, title: str) -> tuple[list[dict], s
     runs = per_run(rows)
     if runs:
         write_csv(runs, out / "runs.csv", list(runs[0]))
-        table += "\nPer run:\n\n" + per_run_markdown(runs)
-        (out / "runs.md").write_text(per_run_markdown(runs))
+        runs_md = per_run_markdown(runs)
+        if gold_noise is not None:
+            runs_md += "\n" + "".join(f"- {sentence}\n" for sentence in describe_runs(runs, gold_noise))
+        table += "\nPer run:\n\n" + runs_md
+        (out / "runs.md").write_text(runs_md)
         plot_runs(runs, rows, out / "gold_by_update.png", title)
     return summary, table, plot_curves(rows, out / "gold_vs_sqrt_kl.png", title)
 
@@ -807,6 +853,10 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
     print(f"[trl-robust] proxy: {pair_stats}; agreement with gold on clean held-out pairs: {proxy_metrics}")
 
     judge = PolicyJudge(reference, tokenizer, eval_prompts, gold_scorer, proxy, config)
+    title = (
+        f"Over-optimisation: gold = {config.gold if gold is None else getattr(gold, '__name__', 'custom')}, "
+        f"proxy = {Path(config.proxy_backbone).name} BRME, policy = {Path(config.policy_model).name}"
+    )
     rows: list[dict] = []
     curves = out / "curves.csv"
     if "bon" in config.methods:
@@ -822,13 +872,18 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
         means = torch.stack([s.means for s in scored], 1).cpu()
         stds = torch.stack([s.stds for s in scored], 1).cpu()
         rows += best_of_n_rows(gold_pool, means, stds, config.settings, config.seeds)
-        write_report(rows, out, f"Over-optimisation: gold = {config.gold}, proxy = BRME")
+        write_report(rows, out, title)
         timings["best_of_n_s"] = time.perf_counter() - started - timings["proxy_s"]
 
     runs = [(m, s, seed) for m in config.methods if m != "bon" for s in config.settings for seed in config.seeds]
-    reference_scores = None
+    reference_scores, noise = None, {}
     if runs:
         print(f"[trl-robust] 3/3 {len(runs)} RL runs of {config.rl_steps} updates")
+        noise = evaluation_noise(judge, reference, config.settings[0])
+        print(
+            "[trl-robust] evaluation noise (the initial policy measured 3 times): "
+            f"std gold {noise['gold']:.3f}, proxy {noise['proxy']:.3f}"
+        )
         if config.monitor_window:
             reference_scores = monitor_reference(
                 reference, tokenizer, train_prompts[:MONITOR_REFERENCE_ANSWERS], proxy, config
@@ -840,14 +895,14 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
             monitor_reference=reference_scores,
         )  # fmt: skip
         timings[f"{method}-{setting}-seed{seed}_s"] = time.perf_counter() - run_started
-        write_report(rows, out, f"Over-optimisation: gold = {config.gold}, proxy = BRME")  # a stopped sweep keeps it
+        write_report(rows, out, title, noise.get("gold"))  # a stopped sweep keeps it
 
-    title = f"Over-optimisation: gold = {config.gold}, proxy = BRME"
-    summary, table, plot = write_report(rows, out, title)
+    summary, table, plot = write_report(rows, out, title, noise.get("gold"))
     info = {
         "config": asdict(config),
         "pairs": pair_stats,
         "proxy_gold_agreement": proxy_metrics,
+        "evaluation_noise": noise,
         "dropped_prompts": dropped,
         "timings": timings,
         "device": str(device),
@@ -855,4 +910,6 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
     (out / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
     print("\n" + table)
     print(f"Curves: {curves}\nSummary: {out / 'summary.md'}\nPlot: {plot}")
+    if runs:
+        print(f"Gold by update, with the monitor's alarms: {out / 'gold_by_update.png'}")
     return {"summary": summary, "curves": str(curves), "plot": str(plot), **info}

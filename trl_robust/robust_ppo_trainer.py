@@ -725,6 +725,19 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         return {"scores": logits[:, 0].float()}
 
     @torch.no_grad()
+    def _score_in_chunks(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+    ) -> dict[str, torch.Tensor]:
+        """[`score`] over the batch in chunks of `local_rollout_forward_batch_size`, under the training forward's
+        autocast; the chunks' outputs concatenated (`"scores"`, and a BRME's `"means"`, `"stds"`)."""
+        chunk = self.args.local_rollout_forward_batch_size
+        parts = []
+        for i in range(0, input_ids.shape[0], chunk):
+            with self.accelerator.autocast():
+                parts.append(self.score(input_ids[i : i + chunk], attention_mask[i : i + chunk], context_length))
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    @torch.no_grad()
     def _sample(self, queries: torch.Tensor, query_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Answers to a batch of prompts, cut after the stop token: `responses`, `lengths`, `has_stop` (whether the
         answer holds the penalised stop token), `response_mask`, and the prompt-plus-answer `input_ids` and
@@ -742,17 +755,13 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
     def _reward_statistics(self, num_batches: int) -> tuple[float, float]:
         """Mean and std over every process of the scores of `num_batches` batches of answers of the current (initial)
         policy to the first updates' prompts: the shift and scale of `reward_normalization_batches`."""
-        chunk = self.args.local_rollout_forward_batch_size
         scores = []
         self.model.eval()
         with root_unsharded(self.model_wrapped):
             for update in range(num_batches):
                 queries, query_mask = (t.to(self.accelerator.device) for t in self._prompt_batch(update))
                 *_, input_ids, attention_mask = self._sample(queries, query_mask)
-                for i in range(0, input_ids.shape[0], chunk):
-                    with self.accelerator.autocast():
-                        scored = self.score(input_ids[i : i + chunk], attention_mask[i : i + chunk], queries.shape[1])
-                    scores.append(scored["scores"])
+                scores.append(self._score_in_chunks(input_ids, attention_mask, queries.shape[1])["scores"])
         scores = self.accelerator.gather(torch.cat(scores)).float()
         check_finite_scores(scores, "RobustPPOTrainer, reward normalisation samples")
         if scores.numel() < 2:
@@ -772,25 +781,21 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         logprobs, values, first_epoch_forward = self._old_logprobs_and_values(
             input_ids, attention_mask, responses, context_length
         )
-        ref_logprobs, scores, means, stds = [], [], [], []
+        ref_logprobs = []
         chunk = args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
             ids, mask, resp = input_ids[i : i + chunk], attention_mask[i : i + chunk], responses[i : i + chunk]
             # Same autocast as the training forward (mixed precision), as for the old log-probabilities.
-            with self.accelerator.autocast():
-                with self._reference() as reference:
-                    ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
-                scored = self.score(ids, mask, context_length)
-            scores.append(scored["scores"])
-            if "means" in scored:
-                means.append(scored["means"])
-                stds.append(scored["stds"])
-        ref_logprobs, raw_scores = torch.cat(ref_logprobs), torch.cat(scores)
+            with self.accelerator.autocast(), self._reference() as reference:
+                ref_logprobs.append(self._policy_logprobs(reference, ids, mask, resp, context_length))
+        ref_logprobs = torch.cat(ref_logprobs)
+        scored = self._score_in_chunks(input_ids, attention_mask, context_length)
+        raw_scores = scored["scores"]
         check_finite_scores(
             raw_scores,
             f"RobustPPOTrainer, update {self.state.global_step + 1} (process {self.accelerator.process_index})",
-            torch.cat(means) if means else None,
-            torch.cat(stds) if stds else None,
+            scored.get("means"),
+            scored.get("stds"),
         )
 
         scores = raw_scores
@@ -832,8 +837,8 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
             "context_length": torch.tensor(context_length),
             "first_epoch_forward": first_epoch_forward,  # see `_old_logprobs_and_values`
         }
-        if means:
-            batch["means"], batch["stds"] = torch.cat(means), torch.cat(stds)
+        if "means" in scored:
+            batch["means"], batch["stds"] = scored["means"], scored["stds"]
         return batch
 
     def _old_logprobs_and_values(
