@@ -27,11 +27,15 @@ from trl_robust import overoptimization as oo
 from trl_robust.gold_scorers import load_gold_scorer
 from trl_robust.modeling_brme import BRMERewardModel
 from trl_robust.overoptimization_config import OverOptimizationConfig
+from trl_robust.ppo_utils import prompt_order
 from trl_robust.scoring import BRMEScorer
 from trl_robust.script_args import resolve_model
 
 # RobustPPOConfig fields of each PPO arm, on top of the harness's PPO block in `overoptimization.run_rl`
 # (num_ppo_epochs from the harness config, kl_coef, response_length, the learning rate).
+# GRPO as TRL runs it (its sampler shuffles the prompts), and GRPO fed the prompts in PPO's order (`prompt_order`)
+GRPO_ARMS = ["grpo", "grpo_ppo_order"]
+
 PPO_ARMS: dict[str, dict] = {
     # the trainer's defaults (TRL 1.12's): a critic from the policy with a random head, one answer per prompt, and the
     # harness's earlier 2 epochs (it now zeroes such a head and takes 1 epoch: the `ppo_zero_head` arm)
@@ -66,6 +70,17 @@ PPO_ARMS: dict[str, dict] = {
 }
 
 
+def _run_grpo_in_ppo_order(setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out) -> list[dict]:
+    """GRPO reading its prompts in the order RobustPPOTrainer reads them (`ppo_utils.prompt_order`, unshuffled), so
+    that it and a PPO arm with 4 answers per prompt see the same prompts at every update; in its own folder."""
+    episodes = config.rl_steps * config.rl_batch_size
+    first = (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]  # run_rl's dataset of the run
+    ordered = [first[i] for i in prompt_order(len(first), seed, 0)]
+    args = (setting, seed, config, policy_path, proxy_dir, ordered, judge, out / "grpo_ppo_order")
+    rows = oo.run_rl("grpo", *args, config_overrides={"shuffle_dataset": False})
+    return [{**row, "method": "grpo_ppo_order"} for row in rows]
+
+
 def _run_ppo_arm(arm: str, *run_rl_args) -> list[dict]:
     """`overoptimization.run_rl("ppo", ...)` with the arm's `RobustPPOConfig` fields over the harness's; nothing
     else of the harness changes (its judge, prompts, proxy and other settings stay the ones GRPO gets)."""
@@ -75,7 +90,9 @@ def _run_ppo_arm(arm: str, *run_rl_args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", default=["grpo", "ppo", "ppo_group"], help=f"grpo, {', '.join(PPO_ARMS)}")
+    parser.add_argument(
+        "--arms", nargs="+", default=["grpo", "ppo", "ppo_group"], help=f"{', '.join(GRPO_ARMS + list(PPO_ARMS))}"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--updates", type=int, default=8, help="optimiser updates per run")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes (answers) per update, both methods")
@@ -90,9 +107,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default="outputs/ppo_vs_grpo")
     cli = parser.parse_args()
-    unknown = [arm for arm in cli.arms if arm != "grpo" and arm not in PPO_ARMS]
+    unknown = [arm for arm in cli.arms if arm not in GRPO_ARMS and arm not in PPO_ARMS]
     if unknown:
-        parser.error(f"--arms: unknown {unknown}; choose from grpo, {', '.join(PPO_ARMS)}")
+        parser.error(f"--arms: unknown {unknown}; choose from {', '.join(GRPO_ARMS + list(PPO_ARMS))}")
     torch.set_num_threads(cli.threads)
 
     out = Path(cli.out)
@@ -143,7 +160,12 @@ def main() -> None:
         for arm in cli.arms:
             run_started = time.perf_counter()
             args = (cli.setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
-            rows += oo.run_rl("grpo", *args) if arm == "grpo" else _run_ppo_arm(arm, *args)
+            if arm == "grpo":
+                rows += oo.run_rl("grpo", *args)
+            elif arm == "grpo_ppo_order":
+                rows += _run_grpo_in_ppo_order(*args)
+            else:
+                rows += _run_ppo_arm(arm, *args)
             timings[f"{arm}-seed{seed}"] = round(time.perf_counter() - run_started, 1)
             with (out / "curves.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))

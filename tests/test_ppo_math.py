@@ -26,6 +26,7 @@ from trl_robust.ppo_utils import (
     policy_loss,
     position_ids_from_mask,
     ppo_batch_sizes,
+    prompt_order,
     token_logprobs,
     truncate_after_stop,
     value_loss,
@@ -379,3 +380,10 @@ def test_ppo_batch_sizes_that_do_not_divide_name_the_fields():
         )
     with pytest.raises(ValueError, match=r"train_dataset has 15 prompts, fewer than one update's batch_size 16"):
         ppo_batch_sizes(_ppo_config(per_device_train_batch_size=8), 2, 15)
+
+
+def test_prompt_order_is_a_permutation_seeded_by_seed_plus_epoch():
+    order = prompt_order(7, seed=3, epoch=1)
+    assert sorted(order) == list(range(7))
+    assert order == torch.randperm(7, generator=torch.Generator().manual_seed(4)).tolist()
+    assert order == prompt_order(7, seed=4, epoch=0) and order != prompt_order(7, seed=3, epoch=0)

@@ -25,7 +25,7 @@ from trl_robust import (
     RobustPPOTrainer,
     robust_ppo_trainer,
 )
-from trl_robust.ppo_utils import position_ids_from_mask
+from trl_robust.ppo_utils import position_ids_from_mask, prompt_order
 from trl_robust.robust_ppo_trainer import response_logits
 from trl_robust.tokenization import pad_batch
 
@@ -577,6 +577,9 @@ def test_text_prompts_are_tokenized_and_any_collator_output_is_left_aligned(tmp_
     # the prompts of an update depend on its index only (seeded shuffle per epoch), which makes resuming exact
     first, again = trainer._prompt_batch(0)[0], trainer._prompt_batch(0)[0]
     assert torch.equal(first, again)
+    # ... in `prompt_order`, which another trainer can be given (benchmarks/ppo_vs_grpo.py's grpo_ppo_order arm)
+    order = prompt_order(len(texts), trainer.args.seed, 0)[: trainer.batch_sizes.prompts_per_update]
+    assert torch.equal(first, trainer._collate([trainer.train_dataset[i] for i in order])[0])
 
 
 def test_a_reward_model_with_another_tokenizer_scores_re_tokenised_text(tmp_path, smol_tokenizer, bert_tokenizer):

@@ -482,3 +482,10 @@ def ppo_batch_sizes(args: "RobustPPOConfig", world_size: int, dataset_len: int) 
         local_prompts_per_update=local_prompts,
         prompts_per_update=prompts_per_update,
     )
+
+
+def prompt_order(dataset_len: int, seed: int, epoch: int) -> list[int]:
+    """The order in which `RobustPPOTrainer` reads its prompts in epoch `epoch` (0-based): a permutation of the
+    dataset seeded by `seed + epoch` alone, so that the data order depends only on the update index (resuming is
+    exact) and another trainer can be given the same order."""
+    return torch.randperm(dataset_len, generator=torch.Generator().manual_seed(seed + epoch)).tolist()

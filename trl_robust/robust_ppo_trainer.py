@@ -64,6 +64,7 @@ from .ppo_utils import (
     policy_loss,
     position_ids_from_mask,
     ppo_batch_sizes,
+    prompt_order,
     token_logprobs,
     truncate_after_stop,
     value_loss,
@@ -579,10 +580,9 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         depends only on the update index (which makes resuming exact)."""
         sizes = self.batch_sizes
         epoch, index = divmod(update, sizes.batches_per_epoch)
-        generator = torch.Generator().manual_seed(self.args.seed + epoch)
-        order = torch.randperm(self.train_dataset_len, generator=generator)
+        order = prompt_order(self.train_dataset_len, self.args.seed, epoch)
         start = index * sizes.prompts_per_update + self.accelerator.process_index * sizes.local_prompts_per_update
-        indices = order[start : start + sizes.local_prompts_per_update].tolist()
+        indices = order[start : start + sizes.local_prompts_per_update]
         queries, query_mask = self._collate([self.train_dataset[i] for i in indices])
         # num_samples_per_prompt answers per prompt, in consecutive rows (`group_baseline` reads them so)
         samples = sizes.num_samples_per_prompt
