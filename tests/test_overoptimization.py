@@ -310,7 +310,7 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
         "ppo": "2.0",
         "grpo": "2.0",
     }
-    # runs.md: the table, then one sentence per run measured against the evaluation noise (3 judge draws)
+    # runs.md: the table, then one sentence per run measured against the evaluation noise (5 judge draws)
     assert result["evaluation_noise"]["gold"] >= 0 and set(result["evaluation_noise"]) == {"gold", "proxy"}
     runs_md = (out / "runs.md").read_text().splitlines()
     assert len(runs_md) == 2 + 4 + 1 + 4 and sum(line.startswith("- GRPO nominal (seed 0)") for line in runs_md) == 1
@@ -330,3 +330,29 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
     assert len(again) == len(rows) and summarize(again) == result["summary"]  # floats are written exactly
     summary, _, _ = write_report(again, tmp_path / "again", "again")
     assert summary == result["summary"] and (tmp_path / "again" / "gold_vs_sqrt_kl.png").exists()
+
+
+@pytest.mark.slow
+def test_hacking_demo_recipe_runs_in_short_mode(tmp_path, one_thread, capsys):
+    """The 10-minute demo (recipes/quickstart/hacking_demo.yaml) through the real entry point, on its real models
+    (SmolLM2-135M-Instruct, a MiniLM proxy, VADER), cut to a few pairs, prompts and updates."""
+    from pathlib import Path
+
+    from trl_robust.scripts import overoptimization as script
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "hacking_demo.yaml"
+    out = tmp_path / "demo"
+    short = ["--num_proxy_pairs", "16", "--num_proxy_eval_pairs", "8", "--proxy_epochs", "1", "--num_eval_prompts",
+             "4", "--rl_steps", "2", "--eval_every", "1", "--monitor_window", "8"]  # fmt: skip
+    result = script.main(["--config", str(recipe), "--output_dir", str(out), *short])
+    # the recipe's own choices stand: GRPO, nominal against robust, one seed, its learning rate and answer length
+    config = result["config"]
+    assert (config["methods"], config["settings"], config["seeds"]) == (["grpo"], ["nominal", "robust:0.4"], [1])
+    assert (config["rl_learning_rate"], config["response_length"], config["rl_steps"]) == (3e-5, 16, 2)
+    assert set(result["evaluation_noise"]) == {"gold", "proxy"}
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [(r["setting"], r["seed"]) for r in runs] == [("nominal", "1"), ("robust:0.4", "1")]
+    assert (out / "gold_by_update.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "- GRPO nominal (seed 1): gold went from" in printed and "- GRPO robust:0.4 (seed 1): gold" in printed
+    assert f"Gold by update, with the monitor's alarms: {out / 'gold_by_update.png'}" in printed

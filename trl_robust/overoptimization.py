@@ -626,7 +626,12 @@ def per_run(rows: list[dict]) -> list[dict]:
     return table
 
 
-def evaluation_noise(judge: "PolicyJudge", policy: nn.Module, setting: str, draws: int = 3) -> dict[str, float]:
+EVALUATION_NOISE_DRAWS = 5  # measurements of the initial policy behind the evaluation noise's std
+
+
+def evaluation_noise(
+    judge: "PolicyJudge", policy: nn.Module, setting: str, draws: int = EVALUATION_NOISE_DRAWS
+) -> dict[str, float]:
     """The standard deviation of gold and of proxy over `draws` measurements of one policy with different sampling
     seeds (judge seeds 100, 101, ..., apart from the runs' 0, 1, ...): how far a point of a curve moves by chance."""
     measured = [judge(policy, setting, 100 + i) for i in range(draws)]
@@ -881,7 +886,7 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
         print(f"[trl-robust] 3/3 {len(runs)} RL runs of {config.rl_steps} updates")
         noise = evaluation_noise(judge, reference, config.settings[0])
         print(
-            "[trl-robust] evaluation noise (the initial policy measured 3 times): "
+            f"[trl-robust] evaluation noise (the initial policy measured {EVALUATION_NOISE_DRAWS} times): "
             f"std gold {noise['gold']:.3f}, proxy {noise['proxy']:.3f}"
         )
         if config.monitor_window:
