@@ -334,13 +334,13 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
 
 @pytest.mark.slow
 def test_hacking_demo_recipe_runs_in_short_mode(tmp_path, one_thread, capsys):
-    """The 10-minute demo (recipes/quickstart/hacking_demo.yaml) through the real entry point, on its real models
-    (SmolLM2-135M-Instruct, a MiniLM proxy, VADER), cut to a few pairs, prompts and updates."""
+    """The hacking demo (recipes/quickstart/overoptimization_hacking_demo.yaml) through the real entry point, on its
+    real models (SmolLM2-135M-Instruct, a MiniLM proxy, VADER), cut to a few pairs, prompts and updates."""
     from pathlib import Path
 
     from trl_robust.scripts import overoptimization as script
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "hacking_demo.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "overoptimization_hacking_demo.yaml"
     out = tmp_path / "demo"
     short = ["--num_proxy_pairs", "16", "--num_proxy_eval_pairs", "8", "--proxy_epochs", "1", "--num_eval_prompts",
              "4", "--rl_steps", "2", "--eval_every", "1", "--monitor_window", "8"]  # fmt: skip
