@@ -73,8 +73,7 @@ PPO_ARMS: dict[str, dict] = {
 def _run_grpo_in_ppo_order(setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out) -> list[dict]:
     """GRPO reading its prompts in the order RobustPPOTrainer reads them (`ppo_utils.prompt_order`, unshuffled), so
     that it and a PPO arm with 4 answers per prompt see the same prompts at every update; in its own folder."""
-    episodes = config.rl_steps * config.rl_batch_size
-    first = (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]  # run_rl's dataset of the run
+    first = oo.rl_prompts(train_prompts, config)  # run_rl's dataset of the run
     ordered = [first[i] for i in prompt_order(len(first), seed, 0)]
     args = (setting, seed, config, policy_path, proxy_dir, ordered, judge, out / "grpo_ppo_order")
     rows = oo.run_rl("grpo", *args, config_overrides={"shuffle_dataset": False})

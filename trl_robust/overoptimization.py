@@ -428,6 +428,12 @@ class _MeasureEvery(TrainerCallback):
             self.measure(state.global_step)
 
 
+def rl_prompts(train_prompts: list[str], config: OverOptimizationConfig) -> list[str]:
+    """The prompts of an RL run's dataset: the first `rl_steps * rl_batch_size` of `train_prompts`, cycled if fewer."""
+    episodes = config.rl_steps * config.rl_batch_size
+    return (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]
+
+
 def run_rl(
     method: str,
     setting: str,
@@ -457,7 +463,7 @@ def run_rl(
     proxy_tokenizer = AutoTokenizer.from_pretrained(proxy_dir)
     run_dir = out / "runs" / f"{method}-{setting.replace(':', '')}-seed{seed}"
     episodes = config.rl_steps * config.rl_batch_size
-    prompts = Dataset.from_dict({"prompt": (train_prompts * (1 + episodes // len(train_prompts)))[:episodes]})
+    prompts = Dataset.from_dict({"prompt": rl_prompts(train_prompts, config)})
     common = dict(
         output_dir=str(run_dir),
         reward_aggregation=aggregation.name,  # every parameter explicit: the setting's, else the RL defaults
@@ -664,7 +670,8 @@ def describe_runs(table: list[dict], gold_noise: float) -> list[str]:
         if math.isnan(r["first_alarm"]):
             text += "; the monitor did not alarm."
         else:
-            when = "before" if r["first_alarm"] < r["peak_step"] else "at" if r["alarm_by_peak"] else "after"
+            alarm, peak = r["first_alarm"], r["peak_step"]
+            when = "before" if alarm < peak else "at" if alarm == peak else "after"
             text += f"; the monitor first alarmed at update {r['first_alarm']:.0f}, {when} the gold peak."
         sentences.append(text)
     return sentences
@@ -858,8 +865,9 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
     print(f"[trl-robust] proxy: {pair_stats}; agreement with gold on clean held-out pairs: {proxy_metrics}")
 
     judge = PolicyJudge(reference, tokenizer, eval_prompts, gold_scorer, proxy, config)
+    gold_name = gold if isinstance(gold, str) else config.gold if gold is None else getattr(gold, "__name__", "custom")
     title = (
-        f"Over-optimisation: gold = {config.gold if gold is None else getattr(gold, '__name__', 'custom')}, "
+        f"Over-optimisation: gold = {gold_name}, "
         f"proxy = {Path(config.proxy_backbone).name} BRME, policy = {Path(config.policy_model).name}"
     )
     rows: list[dict] = []
