@@ -11,6 +11,12 @@ measurement minus its first. Each PPO arm is a set of `RobustPPOConfig` fields o
 
 Writes `curves.csv` (every measurement), `gains.json` and prints a table of gains per arm and seed, their means and
 each PPO arm's mean gain over GRPO's. `--proxy-model DIR` reuses a proxy trained by an earlier run (DIR/proxy).
+
+`--reseed-each-update` seeds every random generator at the start of each update from the run's seed and the update
+(`overoptimization.ReseedEachUpdate`), so that two arms that draw the same prompts (`grpo_ppo_order` and a PPO arm
+with 4 answers per prompt) also sample from the same random state at every update, whatever each drew in between
+(PPO's minibatch order, the set-up): if the two loops are one algorithm, their curves are then the same up to float
+rounding.
 """
 
 import argparse
@@ -70,20 +76,22 @@ PPO_ARMS: dict[str, dict] = {
 }
 
 
-def _run_grpo_in_ppo_order(setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out) -> list[dict]:
+def _run_grpo_in_ppo_order(
+    setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out, callbacks=None
+) -> list[dict]:
     """GRPO reading its prompts in the order RobustPPOTrainer reads them (`ppo_utils.prompt_order`, unshuffled), so
     that it and a PPO arm with 4 answers per prompt see the same prompts at every update; in its own folder."""
     first = oo.rl_prompts(train_prompts, config)  # run_rl's dataset of the run
     ordered = [first[i] for i in prompt_order(len(first), seed, 0)]
     args = (setting, seed, config, policy_path, proxy_dir, ordered, judge, out / "grpo_ppo_order")
-    rows = oo.run_rl("grpo", *args, config_overrides={"shuffle_dataset": False})
+    rows = oo.run_rl("grpo", *args, config_overrides={"shuffle_dataset": False}, callbacks=callbacks)
     return [{**row, "method": "grpo_ppo_order"} for row in rows]
 
 
-def _run_ppo_arm(arm: str, *run_rl_args) -> list[dict]:
+def _run_ppo_arm(arm: str, *run_rl_args, callbacks=None) -> list[dict]:
     """`overoptimization.run_rl("ppo", ...)` with the arm's `RobustPPOConfig` fields over the harness's; nothing
     else of the harness changes (its judge, prompts, proxy and other settings stay the ones GRPO gets)."""
-    rows = oo.run_rl("ppo", *run_rl_args, config_overrides=PPO_ARMS[arm])
+    rows = oo.run_rl("ppo", *run_rl_args, config_overrides=PPO_ARMS[arm], callbacks=callbacks)
     return [{**row, "method": arm} for row in rows]
 
 
@@ -104,6 +112,9 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=16)
     parser.add_argument("--proxy-model", default=None, help="a proxy BRME folder to reuse (else trained here)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--reseed-each-update", action="store_true", help="seed every generator at each update (ReseedEachUpdate)"
+    )
     parser.add_argument("--out", default="outputs/ppo_vs_grpo")
     cli = parser.parse_args()
     unknown = [arm for arm in cli.arms if arm not in GRPO_ARMS and arm not in PPO_ARMS]
@@ -159,12 +170,13 @@ def main() -> None:
         for arm in cli.arms:
             run_started = time.perf_counter()
             args = (cli.setting, seed, config, policy_path, proxy_dir, train_prompts, judge, out)
+            callbacks = [oo.ReseedEachUpdate(seed)] if cli.reseed_each_update else None
             if arm == "grpo":
-                rows += oo.run_rl("grpo", *args)
+                rows += oo.run_rl("grpo", *args, callbacks=callbacks)
             elif arm == "grpo_ppo_order":
-                rows += _run_grpo_in_ppo_order(*args)
+                rows += _run_grpo_in_ppo_order(*args, callbacks=callbacks)
             else:
-                rows += _run_ppo_arm(arm, *args)
+                rows += _run_ppo_arm(arm, *args, callbacks=callbacks)
             timings[f"{arm}-seed{seed}"] = round(time.perf_counter() - run_started, 1)
             with (out / "curves.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -356,3 +356,51 @@ def test_hacking_demo_recipe_runs_in_short_mode(tmp_path, one_thread, capsys):
     printed = capsys.readouterr().out
     assert "- GRPO nominal (seed 1): gold went from" in printed and "- GRPO robust:0.4 (seed 1): gold" in printed
     assert f"Gold by update, with the monitor's alarms: {out / 'gold_by_update.png'}" in printed
+
+
+def test_ppo_group_mode_reseeded_each_update_is_grpo(tmp_path, smol_tokenizer, one_thread):
+    """PPO's critic-free group mode with GRPO's advantages (`ppo_group_std` of benchmarks/ppo_vs_grpo.py) is GRPO's
+    algorithm: given the same prompts and, through `ReseedEachUpdate`, the same random state at every update, the two
+    loops measure the same curve. Without the prompt-std scaling (another advantage) the curve is another one."""
+    from trl_robust.ppo_utils import prompt_order
+    from trl_robust.scoring import BRMEScorer
+
+    policy_dir = save_policy(tmp_path / "policy", smol_tokenizer)
+    proxy_dir = tmp_path / "proxy"
+    torch.manual_seed(0)
+    BRMERewardModel.from_backbone(str(policy_dir), num_heads=2).save_pretrained(proxy_dir)
+    smol_tokenizer.save_pretrained(proxy_dir)
+    config = OverOptimizationConfig(
+        output_dir=str(tmp_path / "out"),
+        policy_model=str(policy_dir),
+        proxy_backbone=str(policy_dir),
+        settings=["mean"],
+        seeds=[0],
+        max_prompt_length=24,
+        response_length=4,
+        num_eval_prompts=4,
+        rl_steps=2,
+        eval_every=1,
+        rl_batch_size=4,
+        num_generations=2,
+        rl_learning_rate=1e-3,
+    )
+    train_prompts, eval_prompts, _ = oo.load_prompts(smol_tokenizer, config.max_prompt_length)
+    reference = LlamaForCausalLM.from_pretrained(policy_dir).eval()
+    proxy = BRMEScorer(BRMERewardModel.from_pretrained(proxy_dir), smol_tokenizer, batch_size=8)
+    judge = oo.PolicyJudge(reference, smol_tokenizer, eval_prompts[:4], vowel_share, proxy, config)
+    first = oo.rl_prompts(train_prompts, config)
+    ppo_order = [first[i] for i in prompt_order(len(first), 0, 0)]  # the order RobustPPOTrainer reads them in
+
+    def run(method, prompts, overrides):
+        args = ("mean", 0, config, str(policy_dir), proxy_dir, prompts, judge, tmp_path / method)
+        rows = oo.run_rl(method, *args, config_overrides=overrides, callbacks=[oo.ReseedEachUpdate(0)])
+        return np.array([[row[key] for key in ("kl", "gold", "proxy")] for row in rows])
+
+    group = {"use_critic": False, "num_samples_per_prompt": 2, "advantage_baseline": "prompt_mean", "num_ppo_epochs": 1}
+    grpo = run("grpo", ppo_order, {"shuffle_dataset": False})
+    ppo_group_std = run("ppo", train_prompts, group | {"scale_by_prompt_std": True})
+    ppo_group = run("ppo", train_prompts, group)
+    assert grpo.shape == (3, 3) and grpo[1:, 0].min() > 1e-4  # measured at updates 0, 1, 2; the policy moved
+    np.testing.assert_allclose(ppo_group_std, grpo, rtol=1e-3, atol=1e-5)
+    assert np.abs(ppo_group[1:] - grpo[1:]).max() > 1e-3

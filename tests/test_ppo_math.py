@@ -9,6 +9,7 @@ import torch
 from trl_robust.ppo_utils import (
     PPOBatchSizes,
     apply_missing_stop_penalty,
+    close_with_eos,
     compute_gae,
     compute_rewards,
     correlation,
@@ -222,6 +223,21 @@ def test_logprob_entropy_positions():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
     assert last_real_index(mask).tolist() == [4, 3]
+
+
+def test_close_with_eos_appends_eos_after_the_last_real_token_only_where_missing():
+    # left-padded prompt [5, 6] + answers: 7 8 (full width, open), 7 EOS (closed), 9 (open, one pad after it)
+    ids = torch.tensor([[5, 6, 7, 8], [PAD, 6, 7, EOS], [5, 6, 9, PAD]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]])
+    closed, closed_mask = close_with_eos(ids, mask, EOS, PAD)
+    assert closed.tolist() == [[5, 6, 7, 8, EOS], [PAD, 6, 7, EOS, PAD], [5, 6, 9, EOS, PAD]]
+    assert closed_mask.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 0]]
+    assert ids.tolist()[0] == [5, 6, 7, 8]  # the caller's tensors are not written to
+    # every row already closed (pad == eos too): nothing changes, not even the width
+    done = torch.tensor([[5, EOS, EOS], [6, 7, EOS]])
+    done_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    same, same_mask = close_with_eos(done, done_mask, EOS, EOS)
+    assert same.tolist() == done.tolist() and same_mask.tolist() == done_mask.tolist()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 2.0])

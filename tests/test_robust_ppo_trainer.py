@@ -377,8 +377,27 @@ def test_score_reads_the_last_real_token_when_pad_is_eos(tmp_path, smol_tokenize
     for row, score in zip(rows, padded, strict=True):
         alone = trainer.score(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long))["scores"][0]
         assert score.item() == pytest.approx(alone.item(), abs=1e-5)
-        f = row.count(TARGET) / len(row)
+        closed = row if row[-1] == eos else [*row, eos]  # scored as trained: the text closed with EOS
+        f = closed.count(TARGET) / len(closed)
         assert score.item() == pytest.approx(4 * f / math.sqrt(1 + f * f), abs=1e-4)
+
+
+def test_a_brme_on_the_policys_tokenizer_scores_answers_as_the_brme_scorer_does(tmp_path, smol_tokenizer, brme_dir):
+    """PPO scores the policy's tokens without re-tokenising when the BRME shares its tokenizer; the text must still
+    be closed with EOS as BRMERewardTrainer trained it and as GRPO, evaluation and the judge (`BRMEScorer`) read it,
+    both for an answer cut at response_length and for one that ended with EOS."""
+    from trl_robust.scoring import BRMEScorer
+
+    brme = BRMERewardModel.from_pretrained(brme_dir)
+    trainer = build_trainer(tmp_path, smol_tokenizer, reward_model=brme, reward_aggregation="mean")
+    prompt, answers = "The film was", [" great and long", " awful" + smol_tokenizer.eos_token]
+    query = smol_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    rows = [query + smol_tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    ids, mask = pad_batch(rows, trainer.filler_id)
+    got = trainer.score(ids, mask, context_length=len(query))["scores"]
+    want = BRMEScorer(brme, smol_tokenizer, aggregation="mean").score([prompt] * 2, answers).rewards
+    torch.testing.assert_close(got, want.float(), rtol=0, atol=1e-5)
+    assert (got[0] - want[1]).abs() > 1e-3  # two different answers: the comparison can tell them apart
 
 
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, smol_tokenizer):

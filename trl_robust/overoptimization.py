@@ -428,6 +428,20 @@ class _MeasureEvery(TrainerCallback):
             self.measure(state.global_step)
 
 
+class ReseedEachUpdate(TrainerCallback):
+    """`set_seed(1000 * seed + update)` at the start of every update (`on_step_begin`: before GRPO's generation in
+    `training_step`, and before RobustPPOTrainer's rollout), so that each update samples from a random state that
+    depends on the run's seed and the update alone, whatever the trainer drew in between (its set-up, PPO's minibatch
+    order). Two trainers that read the same prompts then sample the same answers wherever their policies agree: what
+    `benchmarks/ppo_vs_grpo.py --reseed-each-update` uses to compare two loops as algorithms."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        set_seed(1000 * self.seed + state.global_step)
+
+
 def rl_prompts(train_prompts: list[str], config: OverOptimizationConfig) -> list[str]:
     """The prompts of an RL run's dataset: the first `rl_steps * rl_batch_size` of `train_prompts`, cycled if fewer."""
     episodes = config.rl_steps * config.rl_batch_size
@@ -446,13 +460,14 @@ def run_rl(
     out: Path,
     config_overrides: dict | None = None,
     monitor_reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> list[dict]:
     """One PPO or GRPO run against the proxy with `setting`'s aggregation; its measurements as curve rows.
     `config_overrides` are fields of the method's config (RobustPPOConfig / RobustGRPOConfig) that win over the
     harness's (e.g. a benchmark's PPO arm). With `monitor_reference` (epistemic, gap; see `monitor_reference()`), a
     `HackingMonitor` (`config.monitor_window` samples) watches the run, and each row records the fraction of its
     window out of the reference, its answers' distinct-bigram ratio over the first window's, and the update of its
-    first alarm (NaN before it)."""
+    first alarm (NaN before it). `callbacks` are added to the trainer's (e.g. a benchmark's `ReseedEachUpdate`)."""
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
     from .robust_ppo_config import RobustPPOConfig
@@ -532,6 +547,8 @@ def run_rl(
     if monitor_reference is not None:
         monitor = HackingMonitor(*monitor_reference, window=config.monitor_window)
         trainer.add_callback(monitor)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
 
     def monitor_state() -> dict[str, float]:
         if monitor is None:

@@ -109,6 +109,28 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * positions).argmax(-1)
 
 
+def close_with_eos(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Every row's real tokens closed with `eos_token_id`, as `tokenization.append_eos` closes the text a reward model is
+    trained and scored on (TRL's reward training closes standard text with EOS, and a last-token reward head learns to
+    read the EOS position): a row whose last real token (by the mask) is not EOS gets one in the slot after it, the
+    batch one column wider (filled with `pad_token_id`, masked) when any row needs it; rows that end in EOS are left
+    as they are.
+    """
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    last = last_real_index(attention_mask)
+    open_rows = input_ids[rows, last] != eos_token_id
+    if not open_rows.any():
+        return input_ids, attention_mask
+    input_ids = torch.cat([input_ids, input_ids.new_full((input_ids.shape[0], 1), pad_token_id)], dim=1)
+    attention_mask = torch.cat([attention_mask, attention_mask.new_zeros((attention_mask.shape[0], 1))], dim=1)
+    input_ids[rows[open_rows], last[open_rows] + 1] = eos_token_id
+    attention_mask[rows[open_rows], last[open_rows] + 1] = 1
+    return input_ids, attention_mask
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Rewards and advantages
 # --------------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .monitor import distinct_bigram_ratio, masked_token_lists, monitor_metrics,
 from .ppo_utils import (
     PPOBatchSizes,
     apply_missing_stop_penalty,
+    close_with_eos,
     compute_gae,
     compute_rewards,
     correlation,
@@ -697,9 +698,11 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int | None = None
     ) -> dict[str, torch.Tensor]:
         """
-        Score (prompt + truncated response) sequences with the reward model at their last real token. With a
-        `reward_processing_class` that differs from the policy's, the prompt and response are decoded and re-tokenised
-        for the reward model (`context_length`: the width of the left-padded prompt block).
+        Score (prompt + truncated response) sequences with the reward model at their last real token, each closed with
+        EOS as the reward model was trained (`tokenization.tokenize_for_reward`). With a `reward_processing_class` that
+        differs from the policy's, the prompt and response are decoded and re-tokenised for the reward model
+        (`context_length`: the width of the left-padded prompt block); else the policy's tokens are scored, with EOS
+        appended to the answers that did not end in it (`ppo_utils.close_with_eos`).
 
         Returns `{"scores": [B]}`, plus `"means"` and `"stds"` `[B, K]` for a BRME, whose score is
         `args.reward_aggregation` of its heads.
@@ -707,6 +710,12 @@ class RobustPPOTrainer(RobustModelCardMixin, _BaseTrainer):
         rm = self._reward_module
         if self.reward_tokenizer is not None:
             input_ids, attention_mask = self._retokenize(input_ids, attention_mask, context_length)
+        elif self.tokenizer.eos_token_id is not None:
+            # Closed with EOS as `_retokenize` (tokenize_for_reward) closes the text: a truncated answer is otherwise
+            # read at its last word, a position the reward model was never trained to read.
+            input_ids, attention_mask = close_with_eos(
+                input_ids, attention_mask, self.tokenizer.eos_token_id, self.filler_id
+            )
         position_ids = position_ids_from_mask(attention_mask)
         if self.reward_is_brme:
             out = rm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
