@@ -335,6 +335,59 @@ class PolicyJudge:
         }
 
 
+EVALUATION_NOISE_DRAWS = 5  # measurements of the initial policy behind the evaluation noise's std
+
+
+class HeldOutReward(TrainerCallback):
+    """
+    A callback measuring the reward of fresh answers to fixed held-out prompts (prompts the policy never trains on):
+    before the first update `draws` times with different sampling seeds (the evaluation noise: the same policy
+    measured again), then every `every` updates and after the last with the first seed. Each measurement samples one
+    answer per prompt (`sample_answers`, at the run's response length and temperature) in a forked random state
+    (`seeded_sampling`), so the run's own random stream is as without it, and scores them with `scorer` (a
+    `BRMEScorer`: its aggregation's rewards, averaged). `policy` returns the model to sample from (a trainer
+    unwraps it only once built). Results: `start_draws`, `noise_std` (their sample std) and `curve`, (update, reward)
+    pairs.
+    """
+
+    def __init__(
+        self,
+        policy: Callable[[], nn.Module],
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        scorer: BRMEScorer,
+        response_length: int,
+        temperature: float,
+        every: int,
+        draws: int = EVALUATION_NOISE_DRAWS,
+    ):
+        if draws < 2:
+            raise ValueError(f"HeldOutReward needs draws >= 2 to measure its noise, got {draws}.")
+        self.policy, self.tokenizer, self.prompts, self.scorer = policy, tokenizer, prompts, scorer
+        self.response_length, self.temperature, self.every, self.draws = response_length, temperature, every, draws
+        self.start_draws: list[float] = []
+        self.curve: list[tuple[int, float]] = []
+        self.noise_std = math.nan
+
+    def measure(self, seed: int) -> float:
+        policy = self.policy()
+        was_training = policy.training
+        policy.eval()
+        with seeded_sampling(20_000 + seed):
+            answers = sample_answers(policy, self.tokenizer, self.prompts, self.response_length, self.temperature)
+        policy.train(was_training)
+        return self.scorer.score(self.prompts, answers.texts).rewards.mean().item()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_draws = [self.measure(seed) for seed in range(self.draws)]
+        self.noise_std = float(np.std(self.start_draws, ddof=1))
+        self.curve = [(state.global_step, self.start_draws[0])]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.curve.append((state.global_step, self.measure(0)))
+
+
 def proxy_terms(scores, setting: str) -> dict[str, float]:
     """Mean proxy reward under `setting` and the nominal, worst and mean terms and mean std of some scored answers."""
     means, stds = scores.means, scores.stds
@@ -647,9 +700,6 @@ def per_run(rows: list[dict]) -> list[dict]:
             }
         )
     return table
-
-
-EVALUATION_NOISE_DRAWS = 5  # measurements of the initial policy behind the evaluation noise's std
 
 
 def evaluation_noise(

@@ -10,6 +10,7 @@ data, then print a summary table and write plots.
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from trl_robust.offline_models import cache_dir
@@ -44,6 +45,24 @@ def trend_sentence(label: str, values: list[float]) -> str:
         f"{label} {direction} from {t['first']:.3f} (mean of the first {t['window']} updates) to {t['last']:.3f} (last "
         f"{t['window']}), a change of {t['change']:+.3f}: {verdict} its update-to-update noise (2 x se = "
         f"{2 * t['se']:.3f})."
+    )
+
+
+HELD_OUT_PROMPTS = 32  # test prompts (never trained on) whose fresh answers measure the PPO policy
+
+
+def held_out_sentence(curve: list[tuple[int, float]], noise_std: float, draws: int) -> str:
+    """One sentence on whether the held-out reward moved beyond its evaluation noise: the change from the first to
+    the last measurement against the spread of the initial policy measured `draws` times (the difference of two
+    measurements has std sqrt(2) x that spread; beyond is more than twice that)."""
+    (first_step, first), (last_step, last) = curve[0], curve[-1]
+    change, bound = last - first, 2 * math.sqrt(2) * noise_std
+    verdict = "beyond" if abs(change) > bound else "within"
+    direction = "rose" if change > 0 else "fell"
+    return (
+        f"The held-out robust reward ({HELD_OUT_PROMPTS} test prompts) {direction} from {first:.3f} (update "
+        f"{first_step}) to {last:.3f} (update {last_step}), a change of {change:+.3f}: {verdict} its evaluation noise "
+        f"(the initial policy measured {draws} times: std {noise_std:.3f}; 2 x sqrt(2) x std = {bound:.3f})."
     )
 
 
@@ -120,9 +139,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=_at_least(1), default=16, help="reward model: pairs per step")
     parser.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="reward model learning rate")
     parser.add_argument("--ppo-updates", type=_at_least(0), default=8, help="PPO updates (0: reward model only)")
-    parser.add_argument("--ppo-batch-size", type=_at_least(1), default=8, help="prompts per PPO update")
+    parser.add_argument("--ppo-batch-size", type=_at_least(1), default=8, help="answers per PPO update (episodes)")
+    parser.add_argument(
+        "--ppo-samples-per-prompt",
+        type=_at_least(1),
+        default=4,
+        help="PPO: answers per prompt; above 1, the prompt's mean and std normalise the scores (GRPO's advantages) "
+        "and no critic is trained",
+    )
     parser.add_argument("--response-length", type=_at_least(1), default=24, help="PPO: new tokens per response")
-    parser.add_argument("--ppo-learning-rate", type=_positive_float, default=3e-6)
+    parser.add_argument("--ppo-learning-rate", type=_positive_float, default=3e-5, help="PPO learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:  # a typo'd folder or model name, before anything is imported or loaded
@@ -130,6 +156,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_model_path(args.policy, "--policy", known=SHORT_NAMES)
     except RecipeError as error:
         parser.error(str(error))
+    if args.ppo_batch_size % args.ppo_samples_per_prompt:
+        parser.error(
+            f"--ppo-batch-size ({args.ppo_batch_size}) must be a multiple of --ppo-samples-per-prompt "
+            f"({args.ppo_samples_per_prompt}): an update answers each of its prompts that many times."
+        )
     if Path(args.output_dir).is_file():
         parser.error(f"--output-dir: {args.output_dir!r} is a file; give a folder.")
     return args
@@ -238,14 +269,23 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     from transformers import AutoTokenizer
 
     from trl_robust import HackingMonitor, RobustPPOConfig, RobustPPOTrainer, load_hh_rlhf_harmless
+    from trl_robust.aggregation import Aggregation
+    from trl_robust.overoptimization import HeldOutReward
     from trl_robust.plotting import plot_log_history
     from trl_robust.robust_ppo_trainer import load_ppo_models
+    from trl_robust.scoring import BRMEScorer
 
     policy_path = model_path(args.policy)
     print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
     models = load_ppo_models(policy_path, brme_dir)
+    k = args.ppo_samples_per_prompt
+    if k > 1:
+        models["value_model"] = None  # no critic in the group mode
+    # k answers per prompt: GRPO's advantages inside PPO (the prompt's mean as baseline, its std as scale), no critic
+    # (docs/benchmarks.md: at this scale it learned as GRPO did, and reseeded each update it is GRPO's curve).
+    group = dict(use_critic=False, advantage_baseline="prompt_mean", scale_by_prompt_std=True, num_ppo_epochs=1)
     config = RobustPPOConfig(
         output_dir=str(out / "ppo"),
         reward_aggregation="robust",
@@ -253,11 +293,15 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         per_device_train_batch_size=args.ppo_batch_size,
         local_rollout_forward_batch_size=args.ppo_batch_size,
         total_episodes=args.ppo_updates * args.ppo_batch_size,
-        num_ppo_epochs=2,
+        num_samples_per_prompt=k,
         # A value model started from the policy (the BRME reads another tokenizer) has a random head, whose noise made
         # val/explained_variance -40 to -5.7 at this scale; a zero head starts GAE from the returns (EV ~0, see
         # docs/benchmarks.md, "PPO against GRPO on a learned reward"). One from the reward model keeps its head.
-        value_head_init="keep" if models["reward_processing_class"] is None else "zero",
+        **(
+            group
+            if k > 1
+            else dict(num_ppo_epochs=2, value_head_init="keep" if models["reward_processing_class"] is None else "zero")
+        ),
         response_length=args.response_length,
         stop_token="eos",
         learning_rate=args.ppo_learning_rate,
@@ -278,6 +322,20 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         action="warn",
     )
     trainer = RobustPPOTrainer(args=config, train_dataset=prompts, callbacks=[monitor], **models)
+    held_out = HeldOutReward(
+        lambda: trainer.accelerator.unwrap_model(trainer.model).policy,
+        trainer.processing_class,
+        list(data["test"]["prompt"][:HELD_OUT_PROMPTS]),
+        BRMEScorer(
+            models["reward_model"],
+            AutoTokenizer.from_pretrained(brme_dir),
+            aggregation=Aggregation("robust", robust_lambda=args.robust_lambda),
+        ),
+        args.response_length,
+        config.temperature,
+        every=max(1, args.ppo_updates // 4),
+    )
+    trainer.add_callback(held_out)
     trainer.train()
     trainer.save_model(str(out / "ppo_policy"))
     trainer.processing_class.save_pretrained(str(out / "ppo_policy"))
@@ -296,6 +354,7 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         logs,
         {
             "reward terms": ["robust/robust", "robust/nominal", "robust/worst", "robust/mean"],
+            "held-out reward (fixed test prompts)": ["held-out robust reward"],
             "KL to the reference": ["objective/kl", "objective/kl (running mean of 3)"],
             "uncertainty": ["robust/mean_std", "robust/head_disagreement"],
             "hacking monitor": ["monitor/epistemic_ratio", "monitor/frac_out"],
@@ -304,14 +363,29 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         f"Robust PPO (lambda={args.robust_lambda}) of {display_name(args.policy)} on a BRME of "
         f"{display_name(args.backbone)}",
     )
-    sentence = trend_sentence("The robust reward", [entry["robust/robust"] for entry in logs])
+    for entry in logs:  # the held-out measurements beside the logged ones, for the plot
+        if entry["step"] in dict(held_out.curve):
+            entry["held-out robust reward"] = dict(held_out.curve)[entry["step"]]
+    sentence = trend_sentence("The robust reward of the rollouts", [entry["robust/robust"] for entry in logs])
+    held_out_verdict = held_out_sentence(held_out.curve, held_out.noise_std, len(held_out.start_draws))
     alarm = (
         f"The hacking monitor alarmed at update {monitor.first_alarm_step}."
         if monitor.first_alarm_step is not None
         else "The hacking monitor did not alarm: the policy's answers stayed as certain for the BRME as its own data."
     )
-    print(f"\n{sentence}\n{alarm}")
-    return {"start": logs[0], "end": logs[-1], "trend": sentence, "monitor_first_alarm": monitor.first_alarm_step}
+    print(f"\n{held_out_verdict}\n{sentence}\n{alarm}")
+    return {
+        "start": logs[0],
+        "end": logs[-1],
+        "held_out": {
+            "curve": held_out.curve,
+            "initial_draws": held_out.start_draws,
+            "noise_std": held_out.noise_std,
+            "verdict": held_out_verdict,
+        },
+        "trend": sentence,
+        "monitor_first_alarm": monitor.first_alarm_step,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
