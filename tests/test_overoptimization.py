@@ -243,6 +243,25 @@ def test_python_function_gold_by_dotted_name(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def tiny_harness_config(tmp_path, policy_dir, **fields) -> OverOptimizationConfig:
+    """The harness on the tiny policy (also the proxy's backbone): 2 RL updates of 4 episodes, measured after each."""
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        policy_model=str(policy_dir),
+        proxy_backbone=str(policy_dir),
+        seeds=[0],
+        max_prompt_length=24,
+        response_length=4,
+        num_eval_prompts=4,
+        rl_steps=2,
+        eval_every=1,
+        rl_batch_size=4,
+        num_generations=2,
+        rl_learning_rate=1e-3,
+    )
+    return OverOptimizationConfig(**(base | fields))
+
+
 def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_thread, monkeypatch):
     policy_dir = save_policy(tmp_path / "policy", smol_tokenizer)
     fitted, real_reference = {}, oo.monitor_reference
@@ -253,28 +272,18 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
         return torch.full((4,), -1.0), torch.full((4,), -1e9)
 
     monkeypatch.setattr(oo, "monitor_reference", every_sample_out)
-    config = OverOptimizationConfig(
-        output_dir=str(tmp_path / "out"),
-        policy_model=str(policy_dir),
-        proxy_backbone=str(policy_dir),
+    config = tiny_harness_config(
+        tmp_path,
+        policy_dir,
         methods=["ppo", "grpo", "bon"],
         settings=["nominal", "robust:0.4"],
-        seeds=[0],
         num_proxy_pairs=16,
         num_proxy_eval_pairs=8,
         label_noise=0.25,
         proxy_num_heads=3,
         proxy_epochs=1,
         proxy_batch_size=8,
-        max_prompt_length=24,
-        response_length=4,
-        num_eval_prompts=4,
-        rl_steps=2,
-        eval_every=1,
-        rl_batch_size=4,
-        num_generations=2,
         num_ppo_epochs=1,
-        rl_learning_rate=1e-3,
         bon_pool_size=4,
         monitor_window=4,
     )
@@ -370,21 +379,7 @@ def test_ppo_group_mode_reseeded_each_update_is_grpo(tmp_path, smol_tokenizer, o
     torch.manual_seed(0)
     BRMERewardModel.from_backbone(str(policy_dir), num_heads=2).save_pretrained(proxy_dir)
     smol_tokenizer.save_pretrained(proxy_dir)
-    config = OverOptimizationConfig(
-        output_dir=str(tmp_path / "out"),
-        policy_model=str(policy_dir),
-        proxy_backbone=str(policy_dir),
-        settings=["mean"],
-        seeds=[0],
-        max_prompt_length=24,
-        response_length=4,
-        num_eval_prompts=4,
-        rl_steps=2,
-        eval_every=1,
-        rl_batch_size=4,
-        num_generations=2,
-        rl_learning_rate=1e-3,
-    )
+    config = tiny_harness_config(tmp_path, policy_dir, settings=["mean"])
     train_prompts, eval_prompts, _ = oo.load_prompts(smol_tokenizer, config.max_prompt_length)
     reference = LlamaForCausalLM.from_pretrained(policy_dir).eval()
     proxy = BRMEScorer(BRMERewardModel.from_pretrained(proxy_dir), smol_tokenizer, batch_size=8)
