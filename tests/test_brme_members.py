@@ -104,6 +104,26 @@ def test_priors_are_frozen_buffers_that_shift_each_member(head_type):
     torch.testing.assert_close(a.means - b.means, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("head_type", ["linear", "mlp"])
+def test_the_prior_comes_from_its_own_seed_not_the_global_random_state(head_type):
+    """Every process of a distributed run must build the same prior without communicating (under ZeRO-3 a prior drawn
+    from the global state inside transformers' init was uninitialised memory on rank 1): two BRMEs built under
+    different global seeds share their prior, whose K rows differ, while their trained heads start apart."""
+    from trl_robust.modeling_brme import prior_weights
+
+    a, b = make(seed=1, head_type=head_type, prior_scale=1.0), make(seed=2, head_type=head_type, prior_scale=1.0)
+    torch.testing.assert_close(a.score.prior_weight, b.score.prior_weight, rtol=0, atol=0)
+    torch.testing.assert_close(a.score.prior_weight, prior_weights(3, 32), rtol=0, atol=0)
+    assert not torch.equal(a.score.prior_weight[0], a.score.prior_weight[1])  # each member its own prior
+    assert 0.1 < a.score.prior_weight.std() < 0.25  # N(0, 1/H), H = 32: std 0.177
+    head = "fc2_weight" if head_type == "mlp" else "weight"
+    assert not torch.equal(getattr(a.score, head), getattr(b.score, head))
+    with torch.no_grad():
+        a.score.prior_weight.zero_()
+    a._init_weights(a.score)  # what transformers' init calls (inside its rank-0 gather under ZeRO-3): the same prior
+    torch.testing.assert_close(a.score.prior_weight, b.score.prior_weight, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("settings", [dict(head_type="mlp", prior_scale=1.0), dict(head_type="lora")], ids=str)
 def test_training_moves_members_apart_and_keeps_priors(settings):
     model = make(**settings)

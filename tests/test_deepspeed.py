@@ -129,6 +129,9 @@ def test_member_types_train_and_save_under_zero3(head_type, tmp_path):
     assert any(name.startswith(expected) for name in trained), trained
     prior = state["score.prior_weight"]
     assert prior.shape == (NUM_HEADS, 32) and prior.std() > 0.05  # a random prior, not zeros or an empty partition
+    # every rank trained with that prior (it was uninitialised memory on rank 1 when drawn inside transformers' init)
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(out / f"prior-rank{rank}.pt"), prior, rtol=0, atol=0)
     model = BRMERewardModel.from_pretrained(out)
     assert model.config.head_type == head_type
     torch.testing.assert_close(model.score.prior_weight, prior)

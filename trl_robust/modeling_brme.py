@@ -58,6 +58,16 @@ def inverse_softplus(value: float) -> float:
     return value + torch.log(-torch.expm1(torch.tensor(-value))).item()
 
 
+PRIOR_SEED = 0  # the seed of every new BRME's randomised prior weights (`prior_weights`)
+
+
+def prior_weights(num_heads: int, hidden_size: int, seed: int = PRIOR_SEED) -> torch.Tensor:
+    """K frozen prior rows `[K, H]`, each `N(0, 1/H)`, from a generator of their own seeded with `seed`: the same on
+    every process and whatever the global random state (members differ row by row; BRMEs built alike share them)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(num_heads, hidden_size, generator=generator) * hidden_size**-0.5
+
+
 class GaussianHeads(nn.Module):
     """
     What every member type shares: K members' raw outputs become K means (plus, with `prior_scale > 0`, each member's
@@ -67,7 +77,11 @@ class GaussianHeads(nn.Module):
     as a value model reads them) or, with `per_member=True`, `[K, N, H]` (member k reads its own row block k).
     Outputs are `[..., K]` (or `[N, K]`).
     The prior is a buffer (saved, never trained) on the layer-normalised, detached feature, with `N(0, 1/H)` weights,
-    so each member's prior is of unit scale whatever the backbone's feature norm and moves no backbone weight.
+    so each member's prior is of unit scale whatever the backbone's feature norm and moves no backbone weight. Its
+    weights come from their own generator seeded with `PRIOR_SEED` (`prior_weights`), not from the global random state:
+    every process of a distributed run builds the same prior without communicating (under ZeRO-3, transformers
+    initialises weights inside a rank-0 gather that broadcasts parameters, not buffers: a prior drawn there was left
+    uninitialised memory on the other ranks).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, std_floor: float, prior_scale: float = 0.0):
@@ -77,7 +91,7 @@ class GaussianHeads(nn.Module):
         self.std_floor = std_floor
         self.prior_scale = prior_scale
         if prior_scale > 0:
-            self.register_buffer("prior_weight", torch.empty(num_heads, hidden_size))
+            self.register_buffer("prior_weight", prior_weights(num_heads, hidden_size))
 
     def raw_outputs(self, features: torch.Tensor, per_member: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and pre-softplus stds `[..., K]` of each member before its prior."""
@@ -279,8 +293,9 @@ class BRMERewardModel(PreTrainedModel):
             with torch.no_grad():
                 module.bias[:k].zero_()
                 module.bias[k:].fill_(std_bias)
-        if module.prior_scale > 0:
-            nn.init.normal_(module.prior_weight, std=module.hidden_size**-0.5)
+        if module.prior_scale > 0:  # the seeded prior again (the same on every rank), not a global-RNG draw
+            with torch.no_grad():
+                module.prior_weight.copy_(prior_weights(k, module.hidden_size).to(module.prior_weight))
         return None
 
     def get_input_embeddings(self):

@@ -7,7 +7,8 @@ Train a tiny BRME with BRMERewardTrainer under DeepSpeed (run by tests/test_deep
 Without `--model` a tiny Llama-backed BRME is built in memory; with `--model DIR` (a plain causal LM saved with
 `save_pretrained`) the trainer gets the path as a string and builds the BRME itself (`from_backbone`), so under ZeRO-3
 the backbone is loaded inside DeepSpeed's `zero.Init`. Rank 0 writes the heads as they were before training to
-`OUT/initial_score.pt` and, to `OUT/run_info.json`, whether DeepSpeed ran (and which ZeRO stage), whether the backbone
+`OUT/initial_score.pt`, each rank its prior buffer (with `--prior_scale`) to `OUT/prior-rank{r}.pt`, and rank 0
+to `OUT/run_info.json` whether DeepSpeed ran (and which ZeRO stage), whether the backbone
 and heads were already partitioned before `deepspeed.initialize` (i.e. built under `zero.Init`) and the log history;
 `trainer.save_model(OUT)` writes the consolidated model.
 """
@@ -115,6 +116,10 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         os.makedirs(cli.output_dir, exist_ok=True)
         torch.save(initial, os.path.join(cli.output_dir, "initial_score.pt"))
+    if hasattr(trainer.model.score, "prior_weight"):  # a buffer: every rank's own copy (ZeRO-3 partitions parameters)
+        trainer.accelerator.wait_for_everyone()  # the folder exists
+        rank = trainer.accelerator.process_index
+        torch.save(trainer.model.score.prior_weight.clone(), os.path.join(cli.output_dir, f"prior-rank{rank}.pt"))
 
     trainer.train()
     trainer.save_model(cli.output_dir)

@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=_at_least(8), default=128, help="reward model: longer pairs are dropped")
     parser.add_argument("--batch-size", type=_at_least(1), default=16, help="reward model: pairs per step")
     parser.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="reward model learning rate")
-    parser.add_argument("--ppo-updates", type=_at_least(0), default=8, help="PPO updates (0: reward model only)")
+    parser.add_argument("--ppo-updates", type=_at_least(0), default=16, help="PPO updates (0: reward model only)")
     parser.add_argument("--ppo-batch-size", type=_at_least(1), default=8, help="answers per PPO update (episodes)")
     parser.add_argument(
         "--ppo-samples-per-prompt",
