@@ -363,9 +363,10 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
         f"Robust PPO (lambda={args.robust_lambda}) of {display_name(args.policy)} on a BRME of "
         f"{display_name(args.backbone)}",
     )
+    held_out_by_step = dict(held_out.curve)
     for entry in logs:  # the held-out measurements beside the logged ones, for the plot
-        if entry["step"] in dict(held_out.curve):
-            entry["held-out robust reward"] = dict(held_out.curve)[entry["step"]]
+        if entry["step"] in held_out_by_step:
+            entry["held-out robust reward"] = held_out_by_step[entry["step"]]
     sentence = trend_sentence("The robust reward of the rollouts", [entry["robust/robust"] for entry in logs])
     held_out_verdict = held_out_sentence(held_out.curve, held_out.noise_std, len(held_out.start_draws))
     alarm = (
