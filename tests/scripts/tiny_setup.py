@@ -72,7 +72,11 @@ class PauseAfterFirstSave(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if not self.flag.exists():
-            self.flag.write_text(str(state.global_step))
+            # Written beside, then renamed: the test polls for the flag and kills at once, and a flag it saw created
+            # by write_text could still be empty (CI read '' once).
+            staging = self.flag.with_name(self.flag.name + ".tmp")
+            staging.write_text(str(state.global_step))
+            os.replace(staging, self.flag)
             time.sleep(120)  # killed here
 
 
