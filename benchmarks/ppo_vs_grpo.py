@@ -37,40 +37,46 @@ from trl_robust.ppo_utils import prompt_order
 from trl_robust.scoring import BRMEScorer
 from trl_robust.script_args import resolve_model
 
-# RobustPPOConfig fields of each PPO arm, on top of the harness's PPO block in `overoptimization.run_rl`
-# (num_ppo_epochs from the harness config, kl_coef, response_length, the learning rate).
-# GRPO as TRL runs it (its sampler shuffles the prompts), and GRPO fed the prompts in PPO's order (`prompt_order`)
-GRPO_ARMS = ["grpo", "grpo_ppo_order"]
+# RobustPPOConfig fields of each PPO arm, on top of the harness's PPO block in `overoptimization.run_rl` (its group
+# mode: num_generations answers per prompt, GRPO's advantages, no critic, the harness's num_ppo_epochs; kl_coef,
+# response_length, the learning rate). The arms with a critic undo the group mode first.
+GRPO_ARMS = ["grpo", "grpo_ppo_order"]  # GRPO as TRL runs it (its sampler shuffles), and fed PPO's prompt order
 
+ONE_ANSWER_WITH_CRITIC = {
+    "use_critic": True,
+    "num_samples_per_prompt": 1,
+    "advantage_baseline": "none",
+    "scale_by_prompt_std": False,
+}
 PPO_ARMS: dict[str, dict] = {
     # the trainer's defaults (TRL 1.12's): a critic from the policy with a random head, one answer per prompt, and the
-    # harness's earlier 2 epochs (it now zeroes such a head and takes 1 epoch: the `ppo_zero_head` arm)
-    "ppo": {"value_head_init": "keep", "num_ppo_epochs": 2},
-    "ppo_zero_head": {"value_head_init": "zero", "num_ppo_epochs": 1},
-    "ppo_critic_free": {"use_critic": False, "num_ppo_epochs": 1},
+    # harness's earlier 2 epochs
+    "ppo": {**ONE_ANSWER_WITH_CRITIC, "value_head_init": "keep", "num_ppo_epochs": 2},
+    "ppo_zero_head": {**ONE_ANSWER_WITH_CRITIC, "value_head_init": "zero", "num_ppo_epochs": 1},
+    "ppo_critic_free": {**ONE_ANSWER_WITH_CRITIC, "use_critic": False, "num_ppo_epochs": 1},
     # the zero-head critic with scores normalised on 4 batches of the initial policy's answers (Huang et al.'s detail)
-    "ppo_zero_head_norm": {"value_head_init": "zero", "num_ppo_epochs": 1, "reward_normalization_batches": 4},
-    # the zero-head critic with a learning rate of its own, 10x the policy's default 3e-5
-    "ppo_zero_head_vlr": {"value_head_init": "zero", "num_ppo_epochs": 1, "value_learning_rate": 3e-4},
-    # GRPO's variance reduction inside PPO: 4 answers per prompt, the prompt's mean score as baseline, no critic
-    "ppo_group": {
-        "use_critic": False,
-        "num_samples_per_prompt": 4,
-        "advantage_baseline": "prompt_mean",
-        "num_ppo_epochs": 1,
-    },
-    # ... and each score also divided by its prompt's std, as GRPO's scale_rewards="group": GRPO's advantages in PPO
-    "ppo_group_std": {
-        "use_critic": False,
-        "num_samples_per_prompt": 4,
-        "advantage_baseline": "prompt_mean",
-        "scale_by_prompt_std": True,
-        "num_ppo_epochs": 1,
-    },
-    "ppo_group_critic": {
+    "ppo_zero_head_norm": {
+        **ONE_ANSWER_WITH_CRITIC,
         "value_head_init": "zero",
-        "num_samples_per_prompt": 4,
-        "advantage_baseline": "prompt_mean",
+        "num_ppo_epochs": 1,
+        "reward_normalization_batches": 4,
+    },
+    # the zero-head critic with a learning rate of its own, 10x the policy's 3e-5
+    "ppo_zero_head_vlr": {
+        **ONE_ANSWER_WITH_CRITIC,
+        "value_head_init": "zero",
+        "num_ppo_epochs": 1,
+        "value_learning_rate": 3e-4,
+    },
+    # GRPO's variance reduction inside PPO: 4 answers per prompt, the prompt's mean score as baseline, no critic
+    "ppo_group": {"scale_by_prompt_std": False, "num_ppo_epochs": 1},
+    # ... and each score also divided by its prompt's std, as GRPO's scale_rewards="group": GRPO's advantages in PPO,
+    # the harness's PPO since the third session of issue 14
+    "ppo_group_std": {"num_ppo_epochs": 1},
+    "ppo_group_critic": {
+        "use_critic": True,
+        "value_head_init": "zero",
+        "scale_by_prompt_std": False,
         "num_ppo_epochs": 1,
     },
 }

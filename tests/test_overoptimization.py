@@ -368,9 +368,10 @@ def test_hacking_demo_recipe_runs_in_short_mode(tmp_path, one_thread, capsys):
 
 
 def test_ppo_group_mode_reseeded_each_update_is_grpo(tmp_path, smol_tokenizer, one_thread):
-    """PPO's critic-free group mode with GRPO's advantages (`ppo_group_std` of benchmarks/ppo_vs_grpo.py) is GRPO's
-    algorithm: given the same prompts and, through `ReseedEachUpdate`, the same random state at every update, the two
-    loops measure the same curve. Without the prompt-std scaling (another advantage) the curve is another one."""
+    """The harness's PPO, the critic-free group mode with GRPO's advantages (`ppo_group_std` of
+    benchmarks/ppo_vs_grpo.py), is GRPO's algorithm: given the same prompts and, through `ReseedEachUpdate`, the same
+    random state at every update, the two loops measure the same curve. Without the prompt-std scaling (another
+    advantage) the curve is another one."""
     from trl_robust.ppo_utils import prompt_order
     from trl_robust.scoring import BRMEScorer
 
@@ -392,10 +393,10 @@ def test_ppo_group_mode_reseeded_each_update_is_grpo(tmp_path, smol_tokenizer, o
         rows = oo.run_rl(method, *args, config_overrides=overrides, callbacks=[oo.ReseedEachUpdate(0)])
         return np.array([[row[key] for key in ("kl", "gold", "proxy")] for row in rows])
 
-    group = {"use_critic": False, "num_samples_per_prompt": 2, "advantage_baseline": "prompt_mean", "num_ppo_epochs": 1}
+    assert config.num_generations == 2
     grpo = run("grpo", ppo_order, {"shuffle_dataset": False})
-    ppo_group_std = run("ppo", train_prompts, group | {"scale_by_prompt_std": True})
-    ppo_group = run("ppo", train_prompts, group)
+    ppo_group_std = run("ppo", train_prompts, {})  # the harness's own PPO settings
+    ppo_group = run("ppo", train_prompts, {"scale_by_prompt_std": False})
     assert grpo.shape == (3, 3) and grpo[1:, 0].min() > 1e-4  # measured at updates 0, 1, 2; the policy moved
     np.testing.assert_allclose(ppo_group_std, grpo, rtol=1e-3, atol=1e-5)
     assert np.abs(ppo_group[1:] - grpo[1:]).max() > 1e-3

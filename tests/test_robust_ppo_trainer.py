@@ -646,6 +646,26 @@ def test_value_model_starts_from_the_reward_model_when_they_share_a_tokenizer(tm
     assert torch.equal(value.model.embed_tokens.weight, reward_embed)  # an explicit value_path wins
 
 
+def test_a_critic_free_run_loads_no_value_model(tmp_path, smol_tokenizer, bert_tokenizer):
+    from trl_robust.robust_ppo_trainer import load_ppo_models
+
+    policy_dir, same_dir, other_dir = tmp_path / "policy", tmp_path / "same", tmp_path / "other"
+    for folder, model, tokenizer in [
+        (policy_dir, make_policy(smol_tokenizer), smol_tokenizer),
+        (same_dir, make_token_fraction_rm(smol_tokenizer), smol_tokenizer),
+        (other_dir, make_token_fraction_rm(smol_tokenizer), bert_tokenizer),
+    ]:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    models = load_ppo_models(str(policy_dir), str(other_dir), use_critic=False)
+    assert models["value_model"] is None
+    assert models["reward_processing_class"].get_vocab() == bert_tokenizer.get_vocab()  # still re-tokenised
+    assert load_ppo_models(str(policy_dir), str(same_dir), use_critic=False)["reward_processing_class"] is None
+    with_critic = load_ppo_models(str(policy_dir), str(other_dir))
+    assert with_critic["value_model"].config.num_labels == 1
+
+
 def test_hacking_monitor_reads_the_rollout_scores_and_stops_the_run(tmp_path, smol_tokenizer):
     """Every member of the constant BRME scores every answer MEANS, so each sample's epistemic uncertainty is the
     population std of MEANS; against a reference that narrow every sample is out, the window of 8 (one update) is

@@ -550,21 +550,29 @@ def run_rl(
     )
     set_seed(seed)
     if method == "ppo":
-        models = load_ppo_models(policy_path, str(proxy_dir))
+        # PPO as it learned this proxy in docs/benchmarks.md ("PPO against GRPO on a learned reward"): GRPO's rollouts
+        # and advantages inside PPO (num_generations answers per prompt, centred and scaled by their prompt's mean and
+        # std), no critic, one epoch; TRL 1.12's recipe (a critic from the policy with a random head) gained 0.11x
+        # of GRPO's proxy reward there. A benchmark's overrides can bring the critic back.
         fields = dict(
             **common,
             local_rollout_forward_batch_size=config.rl_batch_size,
             total_episodes=episodes,
+            num_samples_per_prompt=config.num_generations,
+            use_critic=False,
+            advantage_baseline="prompt_mean",
+            scale_by_prompt_std=True,
             num_ppo_epochs=config.num_ppo_epochs,
             response_length=config.response_length,
             stop_token="eos",
             kl_coef=config.kl_coef,
             num_sample_generations=0,
         ) | dict(config_overrides or {})
+        models = load_ppo_models(policy_path, str(proxy_dir), use_critic=fields["use_critic"])
         # A value model started from the policy (the proxy reads another tokenizer) has a random head: zeroed, GAE
-        # starts from the returns (docs/benchmarks.md: it learned as GRPO did where the random head did not). Not for
-        # a critic-free run (no value model) nor where the overrides choose.
-        if fields.get("use_critic", True) and models["reward_processing_class"] is not None:
+        # starts from the returns (docs/benchmarks.md: it learned where the random head did not), unless the
+        # overrides choose.
+        if fields["use_critic"] and models["reward_processing_class"] is not None:
             fields.setdefault("value_head_init", "zero")
         args = RobustPPOConfig(**fields)
         trainer = RobustPPOTrainer(args=args, train_dataset=prompts, **models)

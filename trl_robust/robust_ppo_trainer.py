@@ -98,26 +98,43 @@ def load_value_model(
     a vocabulary, else from the policy; `value_path` overrides both. The reward tokenizer comes back only when it
     differs from the policy's (the trainer then scores re-tokenised text), else None.
     """
-    same_tokenizer = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
-    path = value_path or (reward_path if same_tokenizer else policy_path)
+    reward_processing_class = _reward_tokenizer_if_different(tokenizer, reward_tokenizer)
+    path = value_path or (reward_path if reward_processing_class is None else policy_path)
     value_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **from_pretrained_kwargs)
-    return value_model, None if same_tokenizer else reward_tokenizer
+    return value_model, reward_processing_class
+
+
+def _reward_tokenizer_if_different(
+    tokenizer: PreTrainedTokenizerBase, reward_tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedTokenizerBase | None:
+    """The trainer's `reward_processing_class`: None where the reward model reads the policy's vocabulary (it scores
+    the policy's tokens as they are), else the reward tokenizer (answers are re-tokenised for it)."""
+    return None if reward_tokenizer.get_vocab() == tokenizer.get_vocab() else reward_tokenizer
 
 
 def load_ppo_models(
-    policy_path: str, reward_path: str, value_path: str | None = None, **from_pretrained_kwargs: Any
+    policy_path: str,
+    reward_path: str,
+    value_path: str | None = None,
+    use_critic: bool = True,
+    **from_pretrained_kwargs: Any,
 ) -> dict[str, Any]:
     """
     Everything a PPO run loads from folders (or hub ids), as `RobustPPOTrainer` keyword arguments: `processing_class`
     (the policy's tokenizer), `model` and `ref_model` (the policy, twice: the reference keeps its initial weights),
-    `reward_model`, and `value_model` with `reward_processing_class` from [`load_value_model`].
-    `from_pretrained_kwargs` (e.g. `trust_remote_code`) go to every load.
+    `reward_model`, and `value_model` with `reward_processing_class` from [`load_value_model`]. With
+    `use_critic=False` (a critic-free run, `RobustPPOConfig.use_critic`) no value model is loaded: `value_model` is
+    None, which saves a policy-sized load and its memory. `from_pretrained_kwargs` (e.g. `trust_remote_code`) go to
+    every load.
     """
     tokenizer = AutoTokenizer.from_pretrained(policy_path, **from_pretrained_kwargs)
     reward_tokenizer = AutoTokenizer.from_pretrained(reward_path, **from_pretrained_kwargs)
-    value_model, reward_processing_class = load_value_model(
-        policy_path, reward_path, tokenizer, reward_tokenizer, value_path, **from_pretrained_kwargs
-    )
+    if use_critic:
+        value_model, reward_processing_class = load_value_model(
+            policy_path, reward_path, tokenizer, reward_tokenizer, value_path, **from_pretrained_kwargs
+        )
+    else:
+        value_model, reward_processing_class = None, _reward_tokenizer_if_different(tokenizer, reward_tokenizer)
     return {
         "processing_class": tokenizer,
         "model": AutoModelForCausalLM.from_pretrained(policy_path, **from_pretrained_kwargs),

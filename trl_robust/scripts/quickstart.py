@@ -279,10 +279,8 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     print(f"\n[trl-robust] 2/2 robust PPO of {policy_path} on the BRME (lambda={args.robust_lambda})")
     data = load_hh_rlhf_harmless(explicit_prompt=True, last_turn_only=True)
     prompts = data["train"].select_columns(["prompt"]).select(range(args.ppo_updates * args.ppo_batch_size))
-    models = load_ppo_models(policy_path, brme_dir)
     k = args.ppo_samples_per_prompt
-    if k > 1:
-        models["value_model"] = None  # no critic in the group mode
+    models = load_ppo_models(policy_path, brme_dir, use_critic=k == 1)  # no critic in the group mode
     # k answers per prompt: GRPO's advantages inside PPO (the prompt's mean as baseline, its std as scale), no critic
     # (docs/benchmarks.md: at this scale it learned as GRPO did, and reseeded each update it is GRPO's curve).
     group = dict(use_critic=False, advantage_baseline="prompt_mean", scale_by_prompt_std=True, num_ppo_epochs=1)

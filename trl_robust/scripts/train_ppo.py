@@ -43,6 +43,7 @@ def load_models(script_args: PPOScriptArguments, training_args: RobustPPOConfig)
         resolve_model(script_args.model_name_or_path),
         resolve_model(training_args.reward_model_path),
         script_args.value_model_path,
+        use_critic=training_args.use_critic,  # a critic-free run loads no value model
         trust_remote_code=script_args.trust_remote_code,
     )
 
