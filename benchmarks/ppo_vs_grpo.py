@@ -10,7 +10,7 @@ measurement minus its first. Each PPO arm is a set of `RobustPPOConfig` fields o
         --arms grpo ppo ppo_group --out outputs/ppo_vs_grpo
 
 Writes `curves.csv` (every measurement), `gains.json` and prints a table of gains per arm and seed, their means and
-each PPO arm's mean gain over GRPO's. `--proxy-model DIR` reuses a proxy trained by an earlier run (DIR/proxy).
+each PPO arm's mean gain over GRPO's. `--proxy-model DIR` reuses a proxy BRME folder (an earlier run's OUT/proxy).
 
 `--reseed-each-update` seeds every random generator at the start of each update from the run's seed and the update
 (`overoptimization.ReseedEachUpdate`), so that two arms that draw the same prompts (`grpo_ppo_order` and a PPO arm

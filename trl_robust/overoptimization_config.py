@@ -109,12 +109,17 @@ class OverOptimizationConfig:
     rl_batch_size: int = field(
         default=8,
         metadata={
-            "help": "Episodes per update (PPO: prompts; GRPO: completions, num_generations per prompt).",
+            "help": "Episodes per update: answers, num_generations per prompt (GRPO, and PPO in its group mode).",
             **ranged(value_range(1)),
         },
     )
     num_generations: int = field(
-        default=4, metadata={"help": "GRPO: completions per prompt.", **ranged(value_range(1))}
+        default=4,
+        metadata={
+            "help": "Answers per prompt, for GRPO and for PPO (its group mode: GRPO's advantages, no critic; "
+            "docs/overoptimization.md).",
+            **ranged(value_range(1)),
+        },
     )
     num_ppo_epochs: int = field(
         default=1,
