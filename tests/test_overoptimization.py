@@ -356,14 +356,14 @@ def test_hacking_demo_recipe_runs_in_short_mode(tmp_path, one_thread, capsys):
     result = script.main(["--config", str(recipe), "--output_dir", str(out), *short])
     # the recipe's own choices stand: GRPO, nominal against robust, one seed, its learning rate and answer length
     config = result["config"]
-    assert (config["methods"], config["settings"], config["seeds"]) == (["grpo"], ["nominal", "robust:0.4"], [1])
-    assert (config["rl_learning_rate"], config["response_length"], config["rl_steps"]) == (3e-5, 16, 2)
+    assert (config["methods"], config["settings"], config["seeds"]) == (["grpo"], ["nominal", "robust:0.4"], [2])
+    assert (config["rl_learning_rate"], config["response_length"], config["rl_steps"]) == (1e-4, 16, 2)
     assert set(result["evaluation_noise"]) == {"gold", "proxy"}
     runs = list(csv.DictReader((out / "runs.csv").open()))
-    assert [(r["setting"], r["seed"]) for r in runs] == [("nominal", "1"), ("robust:0.4", "1")]
+    assert [(r["setting"], r["seed"]) for r in runs] == [("nominal", "2"), ("robust:0.4", "2")]
     assert (out / "gold_by_update.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
-    assert "- GRPO nominal (seed 1): gold went from" in printed and "- GRPO robust:0.4 (seed 1): gold" in printed
+    assert "- GRPO nominal (seed 2): gold went from" in printed and "- GRPO robust:0.4 (seed 2): gold" in printed
     assert f"Gold by update, with the monitor's alarms: {out / 'gold_by_update.png'}" in printed
 
 
