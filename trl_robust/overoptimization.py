@@ -523,7 +523,7 @@ def run_rl(
     first alarm (NaN before it). `callbacks` are added to the trainer's (e.g. a benchmark's `ReseedEachUpdate`)."""
     from .robust_grpo_config import RobustGRPOConfig
     from .robust_grpo_trainer import RobustGRPOTrainer
-    from .robust_ppo_config import RobustPPOConfig
+    from .robust_ppo_config import GROUP_MODE, RobustPPOConfig
     from .robust_ppo_trainer import RobustPPOTrainer, load_ppo_models
 
     aggregation = Aggregation.from_setting(setting)
@@ -559,9 +559,7 @@ def run_rl(
             local_rollout_forward_batch_size=config.rl_batch_size,
             total_episodes=episodes,
             num_samples_per_prompt=config.num_generations,
-            use_critic=False,
-            advantage_baseline="prompt_mean",
-            scale_by_prompt_std=True,
+            **GROUP_MODE,
             num_ppo_epochs=config.num_ppo_epochs,
             response_length=config.response_length,
             stop_token="eos",

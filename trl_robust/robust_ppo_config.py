@@ -8,6 +8,11 @@ from trl.trainer.base_config import _BaseConfig
 from .config_utils import RobustRewardFields
 from .recipe_checks import ranged, value_range
 
+# PPO's group mode: GRPO's advantages inside PPO (each answer's score centred on its prompt's mean and divided by its
+# prompt's std), no critic. With num_samples_per_prompt >= 2 it is GRPO's algorithm (docs/benchmarks.md, "PPO against
+# GRPO on a learned reward": reseeded each update, the same curve); the quickstart and the harness run it.
+GROUP_MODE = {"use_critic": False, "advantage_baseline": "prompt_mean", "scale_by_prompt_std": True}
+
 
 @dataclass
 class RobustPPOConfig(RobustRewardFields, _BaseConfig):

@@ -272,6 +272,7 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     from trl_robust.aggregation import Aggregation
     from trl_robust.overoptimization import HeldOutReward
     from trl_robust.plotting import plot_log_history
+    from trl_robust.robust_ppo_config import GROUP_MODE
     from trl_robust.robust_ppo_trainer import load_ppo_models
     from trl_robust.scoring import BRMEScorer
 
@@ -283,7 +284,7 @@ def run_robust_ppo(args: argparse.Namespace, out: Path, brme_dir: str) -> dict:
     models = load_ppo_models(policy_path, brme_dir, use_critic=k == 1)  # no critic in the group mode
     # k answers per prompt: GRPO's advantages inside PPO (the prompt's mean as baseline, its std as scale), no critic
     # (docs/benchmarks.md: at this scale it learned as GRPO did, and reseeded each update it is GRPO's curve).
-    group = dict(use_critic=False, advantage_baseline="prompt_mean", scale_by_prompt_std=True, num_ppo_epochs=1)
+    group = GROUP_MODE | {"num_ppo_epochs": 1}
     config = RobustPPOConfig(
         output_dir=str(out / "ppo"),
         reward_aggregation="robust",
