@@ -333,6 +333,11 @@ def test_smoke_run_writes_curves_summary_and_plot(tmp_path, smol_tokenizer, one_
             float(r["gold"]) for r in rows if r["method"] == "ppo" and r["setting"] == "robust:0.4" and r["step"] == "2"
         )
     )
+    # logs/: the trainer's per-update log, the monitor's metrics in it, one entry per update (plus the closing one)
+    for run in ("ppo-robust0.4-seed0", "grpo-nominal-seed0"):
+        log = [json.loads(line) for line in (out / "logs" / f"{run}.jsonl").read_text().splitlines()]
+        per_update = [entry for entry in log if "monitor/frac_out" in entry]
+        assert [entry["step"] for entry in per_update] == [1, 2], run
     assert result["pairs"]["train_pairs"] == 16 and result["pairs"]["eval_pairs"] == 8
     # The CSV round-trips: a report re-made from it (as for several sweeps read together) is the same.
     again = read_curves(out / "curves.csv")

@@ -631,6 +631,10 @@ def run_rl(
     measure(0)
     trainer.add_callback(_MeasureEvery(measure, config.eval_every, config.rl_steps))
     trainer.train()
+    # The trainer's own per-update logs (reward terms, KL, `monitor/*`): what the curves sample every `eval_every`.
+    logs = out / "logs" / f"{run_dir.name}.jsonl"
+    logs.parent.mkdir(parents=True, exist_ok=True)
+    logs.write_text("".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history))
     shutil.rmtree(run_dir, ignore_errors=True)  # the curves are the result; checkpoints of every run would be GBs
     return rows
 
