@@ -186,6 +186,25 @@ def test_sequence_logprobs_is_the_sum_of_masked_token_logprobs(smol_tokenizer):
     assert got[0].item() == pytest.approx(expected.item(), abs=1e-4)
 
 
+def test_best_of_n_pool_with_the_prompt_cached_draws_what_uncached_sampling_draws(smol_tokenizer, one_thread):
+    """`sample_pool` runs each prompt once and copies its cache into every batch: from the same random state, the same
+    answers as `sample_answers` on the prompt repeated, batch by batch (5 answers in batches of 3 and 2)."""
+    from transformers import set_seed
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(smol_tokenizer)).eval()
+    config = OverOptimizationConfig(generation_batch_size=3, response_length=6, temperature=0.7)
+    prompts = ["Human: how do I bake bread?\n\nAssistant:", "Human: hi\n\nAssistant:"]
+    set_seed(0)
+    pools = oo.sample_pool(model, smol_tokenizer, prompts, 5, config)
+    set_seed(0)
+    expected = [
+        [t for n in (3, 2) for t in oo.sample_answers(model, smol_tokenizer, [p] * n, 6, 0.7).texts] for p in prompts
+    ]
+    assert pools == expected
+    assert [len(pool) for pool in pools] == [5, 5] and len(set(pools[0])) > 1  # sampled, not one answer five times
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Gold scorers plug in
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ The reward over-optimisation experiment (Gao et al. 2022; Coste et al. 2023) wit
    mean and standard deviation over seeds) and `gold_vs_sqrt_kl.png`, the plot of those papers.
 """
 
+import copy
 import csv
 import json
 import math
@@ -126,15 +127,69 @@ def sample_answers(
         eos_token_id=tokenizer.eos_token_id,
     )
     responses = out[:, encoded["input_ids"].shape[1] :]
+    response_mask, texts = cut_after_eos(tokenizer, responses)
+    return Answers(encoded["input_ids"], encoded["attention_mask"], responses, response_mask, texts)
+
+
+def cut_after_eos(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """The mask of each generated row's tokens up to and including its first EOS (it was sampled; the rest is
+    generation padding), and the text of those tokens."""
     is_eos = responses == tokenizer.eos_token_id
-    # Keep tokens up to and including the first EOS: it was sampled, and the rest is generation padding.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     response_mask = (~after_eos).long()
     texts = [
         tokenizer.decode(row[mask.bool()], skip_special_tokens=True)
         for row, mask in zip(responses, response_mask, strict=True)
     ]
-    return Answers(encoded["input_ids"], encoded["attention_mask"], responses, response_mask, texts)
+    return response_mask, texts
+
+
+@torch.no_grad()
+def sample_pool(
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    pool_size: int,
+    config: OverOptimizationConfig,
+) -> list[list[str]]:
+    """
+    `pool_size` answers to each prompt, `[prompt][answer]`, sampled as `sample_answers` samples, the prompt's forward
+    pass run once: its key/value cache is copied into every batch of `generation_batch_size` answers, and generation
+    only runs the answers' tokens. From the same random state this draws the same tokens as sampling without the
+    cache (tested); for a pool of hundreds of 16-token answers to 48-token prompts it skips three quarters of the work.
+    """
+    device = next(policy.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pools = []
+    progress = tqdm(total=len(prompts) * pool_size, desc="Best-of-n pool", unit="answer")
+    for prompt in prompts:
+        ids = tokenizer([prompt], return_tensors="pt").input_ids.to(device)
+        # The cache holds all but the last prompt token: generate() runs what the cache does not hold.
+        prefix = policy(input_ids=ids[:, :-1], use_cache=True).past_key_values if ids.shape[1] > 1 else None
+        texts = []
+        for start in range(0, pool_size, config.generation_batch_size):
+            n = min(config.generation_batch_size, pool_size - start)
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(n)
+            out = policy.generate(
+                input_ids=ids.repeat(n, 1),
+                attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long, device=device),
+                past_key_values=cache,
+                do_sample=True,
+                temperature=config.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=config.response_length,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts += cut_after_eos(tokenizer, out[:, ids.shape[1] :])[1]
+            progress.update(n)
+        pools.append(texts)
+    progress.close()
+    return pools
 
 
 def sample_in_batches(
@@ -952,15 +1007,11 @@ def run_overoptimization(config: OverOptimizationConfig, gold: str | GoldScorer 
     if "bon" in config.methods:
         print(f"[trl-robust] 2/3 best-of-n: a pool of {config.bon_pool_size} answers per evaluation prompt")
         set_seed(config.proxy_seed)
-        pool = [
-            sample_in_batches(reference, tokenizer, eval_prompts, config)
-            for _ in tqdm(range(config.bon_pool_size), desc="Best-of-n pool", unit="answer/prompt")
-        ]
-        texts = [[t for a in answers for t in a.texts] for answers in pool]  # [pool][prompt]
-        gold_pool = torch.tensor([gold_scorer(eval_prompts, t) for t in texts]).T
-        scored = [proxy.score(eval_prompts, t) for t in texts]
-        means = torch.stack([s.means for s in scored], 1).cpu()
-        stds = torch.stack([s.stds for s in scored], 1).cpu()
+        pools = sample_pool(reference, tokenizer, eval_prompts, config.bon_pool_size, config)  # generate once...
+        gold_pool = torch.tensor([gold_scorer([p] * len(t), t) for p, t in zip(eval_prompts, pools, strict=True)])
+        scored = [proxy.score([p] * len(t), t) for p, t in zip(eval_prompts, pools, strict=True)]  # ...score many
+        means = torch.stack([s.means for s in scored]).cpu()
+        stds = torch.stack([s.stds for s in scored]).cpu()
         rows += best_of_n_rows(gold_pool, means, stds, config.settings, config.seeds)
         write_report(rows, out, title)
         timings["best_of_n_s"] = time.perf_counter() - started - timings["proxy_s"]
