@@ -68,6 +68,14 @@ PPO_ARMS: dict[str, dict] = {
         "num_ppo_epochs": 1,
         "value_learning_rate": 3e-4,
     },
+    # the zero-head critic trained alone on the first 2 updates' rollouts before the policy moves (OpenRLHF's
+    # freezing_actor_steps); the 2 updates count in the run's 16
+    "ppo_zero_head_warmup": {
+        **ONE_ANSWER_WITH_CRITIC,
+        "value_head_init": "zero",
+        "num_ppo_epochs": 1,
+        "num_critic_warmup_updates": 2,
+    },
     # GRPO's variance reduction inside PPO: 4 answers per prompt, the prompt's mean score as baseline, no critic
     "ppo_group": {"scale_by_prompt_std": False, "num_ppo_epochs": 1},
     # ... and each score also divided by its prompt's std, as GRPO's scale_rewards="group": GRPO's advantages in PPO,
