@@ -101,7 +101,9 @@ def main() -> None:
     )  # fmt: skip
     for ax, ((folder, run), rows) in zip(axes.flat, by_run.items(), strict=False):
         steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["gold"] for r in rows], marker="o", label="gold (the harness's: it labelled the proxy's data)")
+        ax.plot(
+            steps, [r["gold"] for r in rows], marker="o", label="gold (the harness's: it labelled the proxy's data)"
+        )
         ax.plot(steps, [r["audit_gold"] for r in rows], marker="s", label="audit gold")
         ax.set_title(f"{folder}/{run}", fontsize=9)
         ax.set_xlabel("update")
