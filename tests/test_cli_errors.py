@@ -148,6 +148,10 @@ print(json.dumps(results))
 def test_the_schema_file_matches_the_configs():
     built = recipe_checks.build_schema(command_dataclasses())
     shipped = json.loads(recipe_checks.SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert shipped["versions"] == built["versions"], (
+        "the schema was built against other library versions than the installed ones (scripts/constraints.txt pins "
+        "them): reinstall with scripts/setup.sh, or move the pins and run `python -m trl_robust.recipe_checks --write`"
+    )
     assert built == shipped, "the configs changed: run `python -m trl_robust.recipe_checks --write` and commit the file"
     assert recipe_checks.command_specs("reward")["num_heads"]["types"] == ["int"]
 
